@@ -1,0 +1,3 @@
+from sentinel_gw.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,556 @@
+"""A supervised stdio MCP server: spawn, handshake, multiplex, restart, stop without orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sentinel_gw import __version__
+from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
+from sentinel_gw.config_schema import BackendConfig
+from sentinel_gw.protocol import jsonrpc
+from sentinel_gw.protocol.framing import LineSplitter, TooLong
+from sentinel_gw.protocol.mcp import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE
+
+log = logging.getLogger("sentinel_gw.backend")
+
+# Variables a child gets from the gateway's environment without asking; nothing secret.
+SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
+
+STDERR_LINES_PER_SEC = 20.0
+STDERR_BURST = 100.0
+STDERR_MAX_LINE = 2000
+STOP_STDIN_GRACE = 2.0
+STOP_TERM_GRACE = 2.0
+_READ_CHUNK = 1 << 16
+_WRITE_HIGH_WATER = 1 << 18
+
+
+class SpawnError(Exception):
+    """Starting the child failed in a way a restart cannot fix (bad command, missing secret)."""
+
+
+def child_environment(
+    cfg: BackendConfig, environ: Mapping[str, str], *, safe: tuple[str, ...] = SAFE_ENV
+) -> dict[str, str]:
+    """The minimal environment: safe variables, then `inherit_env`, `env`, `env_from` in that order."""
+    env = {k: environ[k] for k in safe if k in environ}
+    for key in cfg.inherit_env:
+        if key in environ:
+            env[key] = environ[key]
+    env.update(cfg.env)
+    missing = [src for src in cfg.env_from.values() if src not in environ]
+    if missing:
+        raise SpawnError(
+            f"backend '{cfg.name}': env_from refers to unset variable(s) {', '.join(sorted(missing))} "
+            "in the gateway's environment"
+        )
+    for child_key, source in cfg.env_from.items():
+        env[child_key] = environ[source]
+    return env
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the kernel kills the child when the gateway dies, even by SIGKILL.
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+class _Pending:
+    __slots__ = ("future", "method", "on_progress", "last_progress")
+
+    def __init__(self, future: asyncio.Future[dict[str, Any]], method: str, on_progress: ProgressCallback | None):
+        self.future = future
+        self.method = method
+        self.on_progress = on_progress
+        self.last_progress: float | None = None
+
+
+class _RateLimitedLog:
+    """Token bucket for a child's stderr: a flood is summarised, never allowed to drown the logs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.tokens = STDERR_BURST
+        self.stamp = time.monotonic()
+        self.suppressed = 0
+
+    def line(self, text: str) -> None:
+        now = time.monotonic()
+        self.tokens = min(STDERR_BURST, self.tokens + (now - self.stamp) * STDERR_LINES_PER_SEC)
+        self.stamp = now
+        if self.tokens < 1:
+            self.suppressed += 1
+            return
+        self.tokens -= 1
+        if self.suppressed:
+            log.warning("backend %s: %d stderr lines suppressed (rate limit)", self.name, self.suppressed)
+            self.suppressed = 0
+        log.info("backend %s stderr: %s", self.name, text[:STDERR_MAX_LINE])
+
+
+class StdioBackend:
+    def __init__(
+        self,
+        cfg: BackendConfig,
+        events: BackendEvents,
+        *,
+        environ: Mapping[str, str],
+        base_dir: str = ".",
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.events = events
+        self.environ = environ
+        self.base_dir = base_dir
+        self.max_message_bytes = max_message_bytes
+        self.state = BackendState.STARTING if cfg.enabled else BackendState.DISABLED
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] = {}
+        self.instructions = ""
+        self.protocol_version = ""
+        self.last_error = ""
+        self.restarts = 0
+        self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pending: dict[int, _Pending] = {}
+        self._next_id = 0
+        self._ready = asyncio.Event()
+        self._settled = asyncio.Event()  # ready or given up: lists stop waiting either way
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._io_tasks: list[asyncio.Task[Any]] = []
+        self._server_requests: dict[Any, asyncio.Task[None]] = {}
+        self._restart_times: collections.deque[float] = collections.deque()
+        self._wake = asyncio.Event()
+
+    # -- public contract ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state is BackendState.DISABLED:
+            self._settled.set()
+            return
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"backend:{self.name}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        if self._ready.is_set():
+            return True
+        if timeout <= 0:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        return self._ready.is_set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        if not self._ready.is_set():
+            raise BackendError(self.name, "unavailable", f"Backend '{self.name}' is not available ({self.state.value})")
+        if len(self._pending) >= self.cfg.max_in_flight:
+            raise BackendError(
+                self.name,
+                "overloaded",
+                f"Backend '{self.name}' has {self.cfg.max_in_flight} requests in flight; try again shortly",
+                retry_after_ms=100,
+            )
+        return await self._call(method, params, timeout or self.cfg.timeout_secs, on_progress)
+
+    async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        if self._ready.is_set():
+            self._write(jsonrpc.notification(method, params))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._ready.clear()
+        await self._terminate()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        for task in list(self._server_requests.values()):
+            task.cancel()
+        self.state = BackendState.STOPPED if self.state is not BackendState.DISABLED else self.state
+        self._settled.set()
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, params: dict[str, Any] | None, timeout: float, on_progress: ProgressCallback | None
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        req_id = self._next_id
+        if on_progress is not None and params is not None:
+            # The upstream id doubles as our progress token: unique among this child's live requests.
+            meta = params.get("_meta")
+            if isinstance(meta, dict) and "progressToken" in meta:
+                params = {**params, "_meta": {**meta, "progressToken": req_id}}
+            else:
+                on_progress = None
+        loop = asyncio.get_running_loop()
+        pending = _Pending(loop.create_future(), method, on_progress)
+        self._pending[req_id] = pending
+        try:
+            self._write(jsonrpc.request(req_id, method, params))
+            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except asyncio.TimeoutError:
+            self._cancel_upstream(req_id, "timeout")
+            raise BackendError(
+                self.name, "timeout", f"Backend '{self.name}' did not answer {method} within {timeout:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self._cancel_upstream(req_id, "cancelled by client")
+            raise
+        finally:
+            self._pending.pop(req_id, None)
+
+    def _cancel_upstream(self, req_id: int, reason: str) -> None:
+        if req_id in self._pending and self._ready.is_set():
+            with contextlib.suppress(Exception):
+                self._write(jsonrpc.notification("notifications/cancelled", {"requestId": req_id, "reason": reason}))
+
+    def _write(self, message: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            raise BackendError(self.name, "unavailable", f"Backend '{self.name}' is not running")
+        proc.stdin.write(jsonrpc.encode(message))
+        transport = proc.stdin.transport
+        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+            # A child that stops reading must not make us buffer without bound.
+            task = asyncio.ensure_future(self._drain(proc))
+            self._io_tasks.append(task)
+            task.add_done_callback(self._io_tasks.remove)
+
+    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            assert proc.stdin is not None
+            await asyncio.wait_for(proc.stdin.drain(), self.cfg.timeout_secs)
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            log.error("backend %s: stdin is not being read; restarting it", self.name)
+            self._kill_group(signal.SIGKILL)
+
+    def _fail_pending(self, reason: str, message: str) -> None:
+        pending, self._pending = self._pending, {}
+        for entry in pending.values():
+            if not entry.future.done():
+                entry.future.set_exception(BackendError(self.name, reason, message))
+
+    # -- supervision ---------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        window = self.cfg.restart.restart_window_secs
+        while not self._stopping:
+            reason = "crashed"
+            try:
+                await self._spawn()
+                await self._handshake()
+            except SpawnError as exc:
+                self.last_error = str(exc)
+                log.error("%s", exc)
+                self._give_up(str(exc))
+                return
+            except Exception as exc:  # any handshake failure: crash, timeout, garbage
+                self.last_error = f"start failed: {exc}"
+                log.error("backend %s: start failed: %s", self.name, exc)
+                await self._terminate()
+                reason = "start_failed"
+            else:
+                self.state = BackendState.READY
+                self._ready.set()
+                self._settled.set()
+                log.info("backend %s ready (pid %s, protocol %s)", self.name, self.pid, self.protocol_version)
+                self.events.backend_ready(self)
+                code = await self._wait_exit()
+                self._ready.clear()
+                if self._stopping:
+                    return
+                self.last_error = f"exited with code {code}"
+                log.error("backend %s exited (code %s)", self.name, code)
+                self._fail_pending("crashed", f"Backend '{self.name}' exited (code {code}) before answering")
+                self.events.backend_down(self, "crashed")
+                await self._terminate()
+            if self._stopping:
+                return
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > window:
+                self._restart_times.popleft()
+            if len(self._restart_times) >= self.cfg.restart.max_restarts:
+                self._give_up(f"{reason}; {len(self._restart_times)} restarts within {window:g} s")
+                return
+            delay = self._backoff(len(self._restart_times))
+            self._restart_times.append(now)
+            self.restarts += 1
+            self.state = BackendState.RESTARTING
+            log.warning("backend %s: restarting in %.2f s (restart %d)", self.name, delay, self.restarts)
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _backoff(self, attempt: int) -> float:
+        policy = self.cfg.restart
+        base = min(policy.backoff_max_secs, policy.backoff_initial_secs * (2**attempt))
+        return base * (1 - policy.backoff_jitter * random.random())
+
+    def _give_up(self, why: str) -> None:
+        self.state = BackendState.FAILED
+        self.last_error = why
+        self._ready.clear()
+        self._settled.set()
+        self._fail_pending("unavailable", f"Backend '{self.name}' is unavailable: {why}")
+        log.error("backend %s: giving up: %s", self.name, why)
+        self.events.backend_down(self, "gave_up")
+
+    async def _spawn(self) -> None:
+        env = child_environment(self.cfg, self.environ)
+        command = shutil.which(self.cfg.command, path=env.get("PATH", os.defpath))
+        if command is None:
+            raise SpawnError(f"backend '{self.name}': command not found: {self.cfg.command!r}")
+        cwd = self.cfg.cwd or None
+        if cwd and not os.path.isabs(cwd):
+            cwd = os.path.join(self.base_dir, cwd)
+        if cwd and not os.path.isdir(cwd):
+            raise SpawnError(f"backend '{self.name}': cwd does not exist: {cwd}")
+        self.state = BackendState.STARTING if self.restarts == 0 else BackendState.RESTARTING
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                command,
+                *self.cfg.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # own process group: we can signal the whole tree
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                limit=_READ_CHUNK,
+            )
+        except OSError as exc:
+            raise SpawnError(f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}") from None
+        self.pid = self._proc.pid
+        self._next_id = 0
+        self._io_tasks = [
+            asyncio.create_task(self._read_stdout(self._proc), name=f"stdout:{self.name}"),
+            asyncio.create_task(self._read_stderr(self._proc), name=f"stderr:{self.name}"),
+        ]
+        log.info("backend %s: started %s (pid %d)", self.name, command, self.pid)
+
+    async def _handshake(self) -> None:
+        caps = await self.events.upstream_capabilities()
+        params = {
+            "protocolVersion": LATEST_HANDSHAKE,
+            "capabilities": caps,
+            "clientInfo": {"name": "sentinel-gw", "version": __version__},
+        }
+        self._ready.clear()
+        # Before READY, requests go straight to _call: nothing else may use the child yet.
+        result = await self._call_unready("initialize", params, self.cfg.startup_timeout_secs)
+        version = result.get("protocolVersion")
+        if version not in HANDSHAKE_VERSIONS:
+            raise RuntimeError(f"backend answered initialize with unsupported protocol version {version!r}")
+        caps_out = result.get("capabilities")
+        self.capabilities = caps_out if isinstance(caps_out, dict) else {}
+        info = result.get("serverInfo")
+        self.server_info = info if isinstance(info, dict) else {}
+        instructions = result.get("instructions")
+        self.instructions = instructions if isinstance(instructions, str) else ""
+        self.protocol_version = version
+        self._write(jsonrpc.notification("notifications/initialized"))
+
+    async def _call_unready(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        proc = self._proc
+        assert proc is not None
+        exit_wait = asyncio.ensure_future(proc.wait())
+        call = asyncio.ensure_future(self._call(method, params, timeout, None))
+        try:
+            done, _ = await asyncio.wait({call, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+            if call in done:
+                return call.result()
+            raise RuntimeError(f"process exited with code {exit_wait.result()} during {method}")
+        finally:
+            for fut in (call, exit_wait):
+                if not fut.done():
+                    fut.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+
+    async def _wait_exit(self) -> int | None:
+        proc = self._proc
+        assert proc is not None
+        code = await proc.wait()
+        # stdout may still hold the last replies; let the reader finish them first.
+        for task in list(self._io_tasks):
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+        return code
+
+    async def _terminate(self) -> None:
+        """Close stdin, then SIGTERM, then SIGKILL the whole process group; always reap."""
+        proc = self._proc
+        self._ready.clear()
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(Exception):
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            if not await self._wait_for(proc, STOP_STDIN_GRACE):
+                self._kill_group(signal.SIGTERM)
+                if not await self._wait_for(proc, STOP_TERM_GRACE):
+                    self._kill_group(signal.SIGKILL)
+                    await proc.wait()
+        # Grandchildren left in the group (e.g. `npx` spawned `node`) must not outlive it.
+        self._kill_group(signal.SIGKILL)
+        for task in self._io_tasks:
+            task.cancel()
+        for task in self._io_tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._io_tasks = []
+        self._fail_pending("crashed", f"Backend '{self.name}' stopped before answering")
+        self._proc = None
+
+    @staticmethod
+    async def _wait_for(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _kill_group(self, sig: signal.Signals) -> None:
+        if self.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        splitter = LineSplitter(self.max_message_bytes)
+        garbage = _RateLimitedLog(self.name)
+        while True:
+            chunk = await proc.stdout.read(_READ_CHUNK)
+            if not chunk:
+                return
+            for line in splitter.feed(chunk):
+                if isinstance(line, TooLong):
+                    log.error("backend %s sent a %d-byte message (limit %d); dropped", self.name, line.size,
+                              self.max_message_bytes)
+                    continue
+                try:
+                    message = jsonrpc.decode(line)
+                except jsonrpc.JsonRpcError:
+                    garbage.line("non-JSON on stdout ignored: " + line[:200].decode("utf-8", "replace"))
+                    continue
+                if not isinstance(message, dict) or jsonrpc.check_message(message) is not None:
+                    garbage.line("invalid JSON-RPC on stdout ignored")
+                    continue
+                self._on_message(message)
+
+    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        sink = _RateLimitedLog(self.name)
+        splitter = LineSplitter(STDERR_MAX_LINE)
+        while True:
+            chunk = await proc.stderr.read(_READ_CHUNK)
+            if not chunk:
+                return
+            for line in splitter.feed(chunk):
+                if isinstance(line, TooLong):
+                    sink.line(f"<{line.size} bytes without a newline>")
+                else:
+                    sink.line(line.decode("utf-8", "replace").rstrip())
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if method is None:
+            msg_id = message.get("id")
+            entry = self._pending.get(msg_id) if isinstance(msg_id, int) else None
+            if entry is None or entry.future.done():
+                log.debug("backend %s: response to unknown or finished id %r dropped", self.name, msg_id)
+                return
+            if "error" in message:
+                err = message["error"]
+                entry.future.set_exception(
+                    jsonrpc.JsonRpcError(err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")),
+                                         err.get("data"))
+                )
+            else:
+                res = message.get("result")
+                entry.future.set_result(res if isinstance(res, dict) else {})
+            return
+        params = message.get("params") or {}
+        if "id" in message:
+            req_id = message["id"]
+            task = asyncio.create_task(self._answer_server_request(req_id, method, params))
+            self._server_requests[req_id] = task
+            task.add_done_callback(lambda _t: self._server_requests.pop(req_id, None))
+            return
+        if method == "notifications/progress":
+            self._on_progress(params)
+            return
+        self.events.backend_notification(self, method, params)
+
+    def _on_progress(self, params: dict[str, Any]) -> None:
+        token = params.get("progressToken")
+        entry = self._pending.get(token) if isinstance(token, int) else None
+        if entry is None or entry.on_progress is None:
+            return
+        progress = params.get("progress")
+        if not isinstance(progress, (int, float)) or isinstance(progress, bool):
+            return
+        if entry.last_progress is not None and progress <= entry.last_progress:
+            return  # MCP requires strictly increasing progress; drop regressions
+        entry.last_progress = progress
+        entry.on_progress(params)
+
+    def cancel_server_request(self, req_id: Any) -> None:
+        """The child withdrew a request it sent us; the client side is told by the waiter."""
+        task = self._server_requests.get(req_id)
+        if task is not None:
+            task.cancel()
+
+    async def _answer_server_request(self, req_id: Any, method: str, params: dict[str, Any]) -> None:
+        if method == "ping":
+            reply = jsonrpc.result(req_id, {})
+        else:
+            try:
+                reply = jsonrpc.result(req_id, await self.events.backend_request(self, method, params))
+            except jsonrpc.JsonRpcError as exc:
+                reply = jsonrpc.error_from(req_id, exc)
+            except asyncio.CancelledError:
+                return
+            except Exception as exc:  # never let a client-side failure kill the reader
+                log.exception("backend %s: relaying %s failed", self.name, method)
+                reply = jsonrpc.error(req_id, jsonrpc.INTERNAL_ERROR, f"gateway error: {type(exc).__name__}")
+        with contextlib.suppress(BackendError, ConnectionError, RuntimeError):
+            self._write(reply)

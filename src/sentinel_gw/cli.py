@@ -1,0 +1,290 @@
+"""The `sentinel-gw` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sentinel_gw import __version__
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CONFIG = 2
+
+DESCRIPTION = """\
+sentinel-gw: an MCP security gateway. It stands between MCP clients (Claude Code, mcporter,
+any MCP client) and the MCP servers they use, adding authentication, role-based access, rate
+limits, a kill switch, argument validation, supervision of stdio servers and an audit trail.
+"""
+
+EPILOG = """\
+Start here:
+  sentinel-gw demo                         see the gateway work, no config needed
+  sentinel-gw check --config sentinel.toml validate a config and print a summary
+  sentinel-gw serve --config sentinel.toml run as a stdio MCP server (what clients start)
+
+The config file is found in this order: --config, $SENTINEL_CONFIG, ./sentinel.toml,
+~/.config/sentinel-gw/sentinel.toml. Secrets are never in the config: it names environment
+variables, which may also come from a .env file next to the config (or --env-file).
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", metavar="PATH", help="config file (default: see below)")
+    p.add_argument("--env-file", metavar="PATH",
+                   help="read environment variables from this file (default: .env next to the config)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sentinel-gw", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sentinel-gw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the gateway as a stdio MCP server",
+                       description="Run the gateway on stdin/stdout for one MCP client. Logs go to stderr.")
+    _add_config_args(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="override gateway.log_level")
+
+    p = sub.add_parser("check", help="validate a config file and print a summary",
+                       description="Validate the config (strictly) and the auth set-up; print backends, "
+                                   "roles and limits. Exit 2 with file, key and reason on error.")
+    _add_config_args(p)
+
+    p = sub.add_parser("demo", help="run a scripted session through the gateway (no config needed)",
+                       description="Start the gateway on an embedded config in front of the demo MCP server "
+                                   "shipped in the package, drive a client session through it and print what "
+                                   "happened.")
+    p.add_argument("--verbose", action="store_true", help="also show the gateway's log lines")
+
+    p = sub.add_parser("token", help="mint a JWT signed with the configured secret",
+                       description="Mint an HS* token from the secret named by auth.secret_env.")
+    _add_config_args(p)
+    p.add_argument("--sub", required=True, help="subject (who the token is for)")
+    p.add_argument("--role", action="append", required=True, help="role (repeat for several)")
+    p.add_argument("--ttl", default="8h", help="lifetime, e.g. 90s, 30m, 8h, 7d (default 8h)")
+    p.add_argument("--tenant", help="optional tenant claim")
+
+    p = sub.add_parser("kill", help="disable a tool or backend on every gateway of this host",
+                       description="Edit the host-wide kill file (atomically). Gateways notice within a second.")
+    _add_config_args(p)
+    p.add_argument("kind", nargs="?", choices=["tool", "backend"])
+    p.add_argument("name", nargs="?", help="exposed tool name or backend name (globs allowed)")
+    p.add_argument("--reason", default="killed by operator", help="shown to callers and in the audit trail")
+    p.add_argument("--list", action="store_true", help="list what is killed")
+
+    p = sub.add_parser("revive", help="undo a kill")
+    _add_config_args(p)
+    p.add_argument("kind", choices=["tool", "backend"])
+    p.add_argument("name")
+
+    p = sub.add_parser("explain", help="show each policy decision for a role or token and a tool")
+    _add_config_args(p)
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--role", action="append", help="role (repeat for several)")
+    who.add_argument("--token", help="a JWT (checked like a client's)")
+    p.add_argument("--tool", required=True, help="exposed tool name")
+    p.add_argument("--backend", help="backend owning the tool (default: the part before the prefix)")
+    p.add_argument("--args", default="{}", help="arguments as JSON (rate limits are peeked, not consumed)")
+
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_CONFIG) -> int:
+    print(f"sentinel-gw: {message}", file=sys.stderr)
+    return code
+
+
+def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from sentinel_gw.config import environment_for, find_config_path, load_config
+
+    path = find_config_path(args.config, os.environ)
+    environ = environment_for(path, args.env_file, os.environ)
+    return path, environ, load_config(path, environ=environ)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.logs import setup_logging
+    from sentinel_gw.policy.auth import AuthError, AuthSetupError
+    from sentinel_gw.policy.engine import PolicyEngine
+
+    try:
+        _, environ, config = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    setup_logging(args.log_level or config.gateway.log_level, config.gateway.log_format)
+    try:
+        policy = PolicyEngine(config, environ=environ)
+        # Authenticate before any backend is spawned: a bad token costs nothing.
+        identity = policy.stdio_identity()
+    except (AuthSetupError, ValueError) as exc:
+        return _fail(f"{config.source}: auth: {exc}")
+    except AuthError as exc:
+        return _fail(f"authentication failed: {exc}")
+    return asyncio.run(_serve(config, environ, policy, identity))
+
+
+async def _serve(config, environ, policy, identity) -> int:  # type: ignore[no-untyped-def]
+    from sentinel_gw.fronts.stdio import serve_stdio
+    from sentinel_gw.gateway import Gateway
+
+    gateway = Gateway(config, environ=environ, policy=policy)
+    try:
+        await gateway.start()
+        return await serve_stdio(gateway, identity)
+    finally:
+        await gateway.stop()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError, summarize
+    from sentinel_gw.policy.auth import AuthSetupError
+    from sentinel_gw.policy.engine import PolicyEngine
+
+    try:
+        path, environ, config = _load(args)
+        PolicyEngine(config, environ=environ)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except (AuthSetupError, ValueError) as exc:
+        return _fail(f"{args.config or 'config'}: auth: {exc}")
+    print(f"{path}: OK")
+    print(summarize(config))
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.policy.auth import mint_token, parse_duration
+
+    try:
+        _, environ, config = _load(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    auth = config.auth
+    hmac_algs = [a for a in auth.algorithms if a.startswith("HS")]
+    if not hmac_algs:
+        return _fail("token minting needs an HS* algorithm in auth.algorithms (asymmetric keys are minted "
+                     "by your identity provider)")
+    secret = environ.get(auth.secret_env, "")
+    if not secret:
+        return _fail(f"the signing secret is not set: export {auth.secret_env} (or put it in .env)")
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(mint_token(secret, subject=args.sub, roles=args.role, ttl_secs=ttl, issuer=auth.issuer,
+                     audience=auth.audience, algorithm=hmac_algs[0], tenant=args.tenant,
+                     roles_claim=auth.roles_claim))
+    return EXIT_OK
+
+
+def _kill_path(args: argparse.Namespace) -> Path:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.policy.killswitch import default_kill_file_path
+
+    try:
+        _, environ, config = _load(args)
+    except ConfigError:
+        if args.config:
+            raise
+        return default_kill_file_path(os.environ)
+    return Path(config.kill_switch.file) if config.kill_switch.file else default_kill_file_path(environ)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.policy.killswitch import kill, list_kills
+
+    try:
+        path = _kill_path(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if args.list or not args.kind:
+        state = list_kills(path)
+        print(f"kill file: {path}")
+        for kind, table in (("tool", state.tools), ("backend", state.backends)):
+            for name, info in sorted(table.items()):
+                print(f"  {kind:7} {name:30} {info.get('reason', '')}  ({info.get('by', '?')}, {info.get('at', '?')})")
+        if not state.tools and not state.backends:
+            print("  nothing is killed")
+        return EXIT_OK
+    if not args.name:
+        return _fail("kill: name a tool or backend")
+    by = os.environ.get("USER") or str(os.getuid())
+    kill(path, args.kind, args.name, args.reason, by)
+    print(f"killed {args.kind} {args.name!r} ({args.reason}); gateways on this host apply it within a second")
+    return EXIT_OK
+
+
+def cmd_revive(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.policy.killswitch import revive
+
+    try:
+        path = _kill_path(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if revive(path, args.kind, args.name):
+        print(f"revived {args.kind} {args.name!r}")
+        return EXIT_OK
+    return _fail(f"{args.kind} {args.name!r} was not killed in {path}", EXIT_ERROR)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.explain import explain
+
+    try:
+        _, environ, config = _load(args)
+        arguments = json.loads(args.args)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except json.JSONDecodeError as exc:
+        return _fail(f"--args is not valid JSON: {exc}")
+    lines, allowed = explain(config, environ, roles=args.role, token=args.token, tool=args.tool,
+                             backend=args.backend, arguments=arguments)
+    print("\n".join(lines))
+    return EXIT_OK if allowed else EXIT_ERROR
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sentinel_gw.demo import run_demo
+
+    return asyncio.run(run_demo(verbose=args.verbose))
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "check": cmd_check,
+    "demo": cmd_demo,
+    "token": cmd_token,
+    "kill": cmd_kill,
+    "revive": cmd_revive,
+    "explain": cmd_explain,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["demo-server"]:
+        # Internal: how the demo starts its backend, so it also works from the zipapp.
+        from sentinel_gw.demo_server import main as demo_main
+
+        return demo_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,261 @@
+"""The configuration schema: frozen dataclasses, one per TOML table.
+
+This module only declares shapes and defaults. `config.py` turns a TOML document into these
+objects (strictly: unknown keys, wrong types and missing required keys are errors naming the
+file, the key and the reason) and runs the cross-field checks.
+
+Conventions the loader relies on:
+- every field's TOML key is its Python name;
+- `field(metadata={"doc": ...})` is the one-line description shown by `sentinel-gw check` and in
+  docs/CONFIGURATION.md;
+- a field without a default is required;
+- `tuple[X, ...]` is a TOML array, `Mapping[str, X]` a TOML table with free keys, a nested
+  dataclass a TOML table with fixed keys, `tuple[Dataclass, ...]` an array of tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def _empty() -> Mapping[str, str]:
+    # A MappingProxyType default is rejected by dataclasses on 3.11+ (unhashable = "mutable").
+    return MappingProxyType({})
+
+
+def doc(text: str, **kw: object) -> dict[str, object]:
+    """Field metadata helper: `field(default=..., metadata=doc("..."))`."""
+    return {"doc": text, **kw}
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    name: str = field(
+        default="sentinel",
+        metadata=doc(
+            "Name clients register the gateway under (Claude Code: `mcp__<name>__<tool>`); "
+            "exposed tool names are shortened so the full name stays within 64 characters"
+        ),
+    )
+    log_level: LogLevel = field(default="info", metadata=doc("Log level on stderr"))
+    log_format: Literal["text", "json"] = field(default="text", metadata=doc("Log line format on stderr"))
+    max_message_bytes: int = field(
+        default=4 * 1024 * 1024, metadata=doc("Largest JSON-RPC message accepted from a client or backend")
+    )
+    max_in_flight_per_session: int = field(
+        default=64, metadata=doc("Requests one client may have in flight at once; more are refused")
+    )
+    page_size: int = field(
+        default=200, metadata=doc("Items per page of tools/resources/prompts lists served to clients")
+    )
+    shutdown_grace_secs: float = field(
+        default=5.0, metadata=doc("How long in-flight calls may finish after shutdown starts")
+    )
+    client_request_timeout_secs: float = field(
+        default=300.0,
+        metadata=doc("Timeout for requests the gateway relays to the client (sampling, elicitation, roots)"),
+    )
+    instructions: str = field(
+        default="", metadata=doc("Extra text put before the backends' instructions in `initialize`")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    max_restarts: int = field(
+        default=5, metadata=doc("Restarts allowed within `restart_window_secs` before giving up")
+    )
+    restart_window_secs: float = field(default=300.0, metadata=doc("Sliding window for `max_restarts`"))
+    backoff_initial_secs: float = field(default=0.5, metadata=doc("First restart delay"))
+    backoff_max_secs: float = field(default=30.0, metadata=doc("Longest restart delay"))
+    backoff_jitter: float = field(
+        default=0.5, metadata=doc("Fraction of each delay that is randomised (0 = none, 1 = full jitter)")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    name: str = field(metadata=doc("Unique backend name, [A-Za-z0-9_-]"))
+    type: Literal["stdio", "http"] = field(metadata=doc("`stdio` (a supervised child process) or `http`"))
+    command: str = field(default="", metadata=doc("stdio: program to run (looked up on PATH)"))
+    args: tuple[str, ...] = field(default=(), metadata=doc("stdio: arguments"))
+    cwd: str = field(default="", metadata=doc("stdio: working directory (relative to the config file)"))
+    env: Mapping[str, str] = field(
+        default_factory=_empty, metadata=doc("stdio: literal environment variables")
+    )
+    env_from: Mapping[str, str] = field(
+        default_factory=_empty,
+        metadata=doc("stdio: child variable -> name of a variable in the gateway's environment (secrets)"),
+    )
+    inherit_env: tuple[str, ...] = field(
+        default=(), metadata=doc("stdio: extra variables copied from the gateway's environment as they are")
+    )
+    url: str = field(default="", metadata=doc("http: endpoint URL (reserved; HTTP backends come later)"))
+    prefix: str = field(default="", metadata=doc("Exposed names become `<prefix>_<name>`; empty = none"))
+    enabled: bool = field(default=True, metadata=doc("false keeps the entry but does not start it"))
+    timeout_secs: float = field(default=60.0, metadata=doc("Per-request timeout"))
+    startup_timeout_secs: float = field(
+        default=30.0, metadata=doc("Time allowed for start + initialize; lists wait this long for it")
+    )
+    max_in_flight: int = field(
+        default=32, metadata=doc("Concurrent requests to this backend; more are refused")
+    )
+    restart: RestartPolicy = field(default_factory=RestartPolicy, metadata=doc("stdio restart policy"))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    mode: Literal["jwt", "none"] = field(
+        default="jwt",
+        metadata=doc("`jwt` (default) or `none` (no authentication; must be written explicitly)"),
+    )
+    algorithms: tuple[str, ...] = field(
+        default=("HS256",),
+        metadata=doc(
+            "Accepted JWT algorithms: HS256/384/512, RS*/PS*/ES*/EdDSA; never `none`, never HS mixed"
+        ),
+    )
+    secret_env: str = field(
+        default="SENTINEL_JWT_SECRET", metadata=doc("Environment variable holding the HMAC secret (HS*)")
+    )
+    public_key_file: str = field(default="", metadata=doc("PEM public key file (RS*/PS*/ES*/EdDSA)"))
+    jwks_file: str = field(default="", metadata=doc("JWKS file (asymmetric algorithms)"))
+    jwks_url: str = field(
+        default="", metadata=doc("JWKS URL, fetched and cached; refetched on unknown `kid`")
+    )
+    issuer: str = field(default="sentinel-gw", metadata=doc("Required `iss`; empty disables the check"))
+    audience: str = field(default="sentinel-gw", metadata=doc("Required `aud`; empty disables the check"))
+    leeway_secs: float = field(default=30.0, metadata=doc("Clock skew allowed on exp/nbf/iat"))
+    max_token_lifetime_secs: float = field(
+        default=0.0, metadata=doc("Reject tokens whose exp - iat exceeds this; 0 = no limit")
+    )
+    roles_claim: str = field(default="roles", metadata=doc("Claim holding the role(s): string or array"))
+    tenant_claim: str = field(default="tenant", metadata=doc("Claim holding the optional tenant"))
+    token_env: str = field(
+        default="SENTINEL_TOKEN", metadata=doc("stdio front: environment variable holding the client's JWT")
+    )
+    revocation_file: str = field(
+        default="", metadata=doc("File of revoked `jti` values, one per line; re-read when it changes")
+    )
+    anonymous_subject: str = field(default="anonymous", metadata=doc("mode = none: the subject used"))
+    anonymous_roles: tuple[str, ...] = field(
+        default=(), metadata=doc("mode = none: the roles given (none by default: nothing is allowed)")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoleConfig:
+    permissions: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "tools.list tools.call resources.list resources.read prompts.list prompts.get completion * "
+            "(aliases: tools.read = tools.list, tools.execute = tools.call + tools.list)"
+        ),
+    )
+    inherits: tuple[str, ...] = field(
+        default=(), metadata=doc("Roles whose grants and denials this role adds")
+    )
+    allow_tools: tuple[str, ...] = field(
+        default=("*",), metadata=doc("Glob patterns over exposed names and `backend:tool`")
+    )
+    deny_tools: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns; deny wins"))
+    allow_backends: tuple[str, ...] = field(default=("*",), metadata=doc("Glob patterns over backend names"))
+    deny_backends: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns; deny wins"))
+    allow_resources: tuple[str, ...] = field(default=("*",), metadata=doc("Glob patterns over resource URIs"))
+    deny_resources: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns; deny wins"))
+    allow_prompts: tuple[str, ...] = field(
+        default=("*",), metadata=doc("Glob patterns over exposed prompt names and `backend:prompt`")
+    )
+    deny_prompts: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns; deny wins"))
+
+
+@dataclass(frozen=True, slots=True)
+class RbacConfig:
+    roles: Mapping[str, RoleConfig] = field(
+        default_factory=lambda: MappingProxyType({}), metadata=doc("Role name -> role")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConfig:
+    requests: int = field(metadata=doc("Requests allowed per window (sliding) or refill per window (bucket)"))
+    window_secs: float = field(default=60.0, metadata=doc("Window length in seconds"))
+    burst: int = field(default=0, metadata=doc("token_bucket: bucket size; 0 = `requests`"))
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    algorithm: Literal["token_bucket", "sliding_window"] = field(
+        default="token_bucket", metadata=doc("`token_bucket` (rate + burst) or `sliding_window` (exact)")
+    )
+    default: LimitConfig | None = field(
+        default=None, metadata=doc("Limit per (subject, tool) unless overridden; absent = unlimited")
+    )
+    tools: Mapping[str, LimitConfig] = field(
+        default_factory=lambda: MappingProxyType({}), metadata=doc("Exposed tool name -> limit")
+    )
+    roles: Mapping[str, LimitConfig] = field(
+        default_factory=lambda: MappingProxyType({}),
+        metadata=doc("Role -> per-(subject, tool) limit for subjects holding that role"),
+    )
+    subject: LimitConfig | None = field(
+        default=None, metadata=doc("Limit per subject across all tools; absent = unlimited")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class KillSwitchConfig:
+    tools: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns of disabled tools"))
+    backends: tuple[str, ...] = field(default=(), metadata=doc("Glob patterns of disabled backends"))
+    file: str = field(
+        default="",
+        metadata=doc(
+            "Host-wide kill file shared by every gateway of this user; "
+            "empty = ~/.local/state/sentinel-gw/killswitch.json"
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    sinks: tuple[str, ...] = field(default=("sqlite",), metadata=doc("Any of sqlite, jsonl, postgres"))
+    args: Literal["redacted", "full", "shape", "none"] = field(
+        default="redacted", metadata=doc("How tool arguments are recorded")
+    )
+    tool_args: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType({}), metadata=doc("Exposed tool name -> args policy")
+    )
+    sqlite_path: str = field(
+        default="", metadata=doc("SQLite file; empty = sentinel-audit.db next to config")
+    )
+    jsonl_path: str = field(default="", metadata=doc("JSONL file, or `-` for stderr"))
+    postgres_url_env: str = field(
+        default="SENTINEL_AUDIT_DATABASE_URL", metadata=doc("Environment variable holding the PostgreSQL URL")
+    )
+    spool_dir: str = field(
+        default="", metadata=doc("Spool directory; empty = sentinel-audit-spool next to config")
+    )
+    queue_size: int = field(default=10000, metadata=doc("Events buffered in memory before spooling"))
+    batch_size: int = field(default=200, metadata=doc("Events written per batch"))
+    flush_interval_secs: float = field(default=0.2, metadata=doc("Longest time an event waits for its batch"))
+    shutdown_deadline_secs: float = field(default=5.0, metadata=doc("Flush deadline at shutdown"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; `source` is the file it came from ("<embedded>" for the demo)."""
+
+    gateway: GatewayConfig = field(default_factory=GatewayConfig, metadata=doc("Gateway settings"))
+    auth: AuthConfig = field(default_factory=AuthConfig, metadata=doc("Client authentication"))
+    rbac: RbacConfig = field(default_factory=RbacConfig, metadata=doc("Role-based access control"))
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig, metadata=doc("Rate limits"))
+    kill_switch: KillSwitchConfig = field(default_factory=KillSwitchConfig, metadata=doc("Kill switch"))
+    audit: AuditConfig = field(default_factory=AuditConfig, metadata=doc("Audit trail"))
+    backends: tuple[BackendConfig, ...] = field(default=(), metadata=doc("MCP servers behind the gateway"))
+    source: str = field(default="<embedded>", metadata=doc("(not a TOML key) the file this came from"))
+    base_dir: str = field(default=".", metadata=doc("(not a TOML key) directory relative paths start from"))

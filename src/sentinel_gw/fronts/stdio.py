@@ -1,0 +1,181 @@
+"""The stdio front: one client on stdin/stdout, newline-delimited JSON-RPC.
+
+stdout carries protocol bytes only; everything else goes to stderr through logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import IO, Any
+
+from sentinel_gw.gateway import Gateway
+from sentinel_gw.policy.identity import Identity
+from sentinel_gw.protocol import jsonrpc
+from sentinel_gw.protocol.framing import LineSplitter, TooLong
+from sentinel_gw.session import Session
+
+log = logging.getLogger("sentinel_gw.stdio")
+
+_READ_CHUNK = 1 << 16
+_WRITE_HIGH_WATER = 1 << 20
+
+
+class _PipeWriter:
+    """Writes without a flush per message; drains only when the client falls behind."""
+
+    def __init__(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol) -> None:
+        self.transport = transport
+        self.protocol = protocol
+        self.broken = False
+
+    def write(self, data: bytes) -> None:
+        if self.broken or self.transport.is_closing():
+            self.broken = True
+            return
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self.transport.get_write_buffer_size() and not self.transport.is_closing():
+            drain = getattr(self.protocol, "_drain_helper", None)
+            if drain is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await drain()
+
+    def buffered(self) -> int:
+        return 0 if self.transport.is_closing() else self.transport.get_write_buffer_size()
+
+
+class _FileWriter:
+    """stdout redirected to a regular file: writes cannot block, so plain writes will do."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.broken = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            while data:
+                data = data[os.write(self.fd, data) :]
+        except OSError:
+            self.broken = True
+
+    async def drain(self) -> None:
+        return None
+
+    def buffered(self) -> int:
+        return 0
+
+
+async def _open_writer(stream: IO[bytes]) -> _PipeWriter | _FileWriter:
+    loop = asyncio.get_running_loop()
+    # A dup keeps closing the transport from closing the process's own fd 1.
+    fd = os.dup(stream.fileno())
+    fileobj = os.fdopen(fd, "wb", buffering=0)
+    try:
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, fileobj)
+    except ValueError:
+        return _FileWriter(os.dup(stream.fileno()))
+    return _PipeWriter(transport, protocol)
+
+
+async def _chunks(stream: IO[bytes]) -> Any:
+    """Async chunks of stdin: a pipe transport when possible, a thread for files."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_READ_CHUNK)
+    try:
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+    except (ValueError, OSError):
+        while True:
+            data = await loop.run_in_executor(None, stream.read1 if hasattr(stream, "read1") else stream.read,
+                                              _READ_CHUNK)
+            if not data:
+                return
+            yield data
+    else:
+        while True:
+            data = await reader.read(_READ_CHUNK)
+            if not data:
+                return
+            yield data
+
+
+async def serve_stdio(gateway: Gateway, identity: Identity, *, stdin: IO[bytes] | None = None,
+                      stdout: IO[bytes] | None = None) -> int:
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    writer = await _open_writer(stdout)
+    pending_drain: list[asyncio.Task[None]] = []
+
+    def send(message: dict[str, Any] | list[Any]) -> None:
+        try:
+            data = jsonrpc.encode(message)
+        except (TypeError, ValueError):
+            log.exception("could not encode a message for the client")
+            return
+        writer.write(data)
+        if writer.buffered() > _WRITE_HIGH_WATER and not pending_drain:
+            task = asyncio.ensure_future(writer.drain())
+            pending_drain.append(task)
+            task.add_done_callback(lambda _t: pending_drain.clear())
+
+    session = Session(identity, send, transport="stdio")
+    gateway.open_session(session)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        log.info("received %s; shutting down", signal.Signals(signum).name)
+        stop.set()
+        if signals > 1:
+            log.warning("second signal: cancelling in-flight requests now")
+            for task in list(session.in_flight.values()):
+                task.cancel()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    max_bytes = gateway.config.gateway.max_message_bytes
+    splitter = LineSplitter(max_bytes)
+
+    async def pump() -> None:
+        async for chunk in _chunks(stdin):
+            for line in splitter.feed(chunk):
+                if isinstance(line, TooLong):
+                    send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
+                                       f"Invalid Request: message of {line.size} bytes exceeds the limit of "
+                                       f"{max_bytes} bytes", {"reason": "message_too_large", "limit": max_bytes}))
+                    continue
+                try:
+                    message = jsonrpc.decode(line)
+                except jsonrpc.JsonRpcError as exc:
+                    send(jsonrpc.error_from(None, exc))
+                    continue
+                gateway.receive(session, message)
+            if writer.broken:
+                log.info("stdout closed by the client")
+                return
+
+    reading = asyncio.create_task(pump(), name="stdin")
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    reason = "signal" if stop.is_set() else "end of input"
+    log.info("stdio front closing (%s); %d request(s) in flight", reason, len(session.in_flight))
+    reading.cancel()
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await reading
+    await gateway.close_session(session, gateway.config.gateway.shutdown_grace_secs)
+    await writer.drain()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,709 @@
+"""The gateway: sessions in front, backends behind, the catalog and the policy chain between.
+
+Every client request runs as its own task, so a slow tool never blocks `ping`, lists,
+cancellation or other calls. Backends are shared by all sessions; ids and progress tokens are
+owned by the backend connection, so clients never see each other's traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from sentinel_gw import __version__
+from sentinel_gw.backends.base import BackendError, BackendState
+from sentinel_gw.backends.stdio import StdioBackend
+from sentinel_gw.catalog import Catalog, CatalogView, Entry
+from sentinel_gw.config_schema import Config
+from sentinel_gw.policy.engine import PolicyEngine, Refusal
+from sentinel_gw.protocol import jsonrpc
+from sentinel_gw.protocol.mcp import (
+    BATCH_VERSION,
+    CLIENT_REQUEST_CAPABILITY,
+    LIST_CHANGED,
+    LIST_METHODS,
+    LOG_LEVEL_RANK,
+    LOG_LEVELS,
+    CursorCodec,
+    merge_instructions,
+    name_budget,
+    negotiate_version,
+    upstream_capabilities,
+)
+from sentinel_gw.session import Session
+
+log = logging.getLogger("sentinel_gw.gateway")
+
+MAX_UPSTREAM_PAGES = 1000
+MAX_UPSTREAM_ITEMS = 100_000
+LIST_REFRESH_DEBOUNCE = 0.05
+
+Handler = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
+CallObserver = Callable[[dict[str, Any]], None]
+
+
+class Gateway:
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None,
+                 policy: PolicyEngine | None = None) -> None:
+        self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.policy = policy or PolicyEngine(config, environ=self.environ)
+        self.sessions: set[Session] = set()
+        self.backends: dict[str, StdioBackend] = {}
+        self.catalog = Catalog(
+            [b.name for b in config.backends],
+            {b.name: b.prefix for b in config.backends},
+            name_budget(config.gateway.name),
+        )
+        self.cursors = CursorCodec(secrets.token_bytes(32))
+        self.started_at = time.monotonic()
+        self.observers: list[CallObserver] = []
+        self._lists_ready: dict[str, asyncio.Event] = {}
+        self._refresh_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._upstream_caps: dict[str, Any] | None = None
+        self._upstream_caps_ready = asyncio.Event()
+        self._subscribers: dict[tuple[str, str], set[Session]] = {}
+        self._stopping = False
+        self._handlers: dict[str, Handler] = {
+            "ping": self._ping,
+            "tools/list": self._list_tools,
+            "tools/call": self._call_tool,
+            "prompts/list": self._list_prompts,
+            "prompts/get": self._get_prompt,
+            "resources/list": self._list_resources,
+            "resources/templates/list": self._list_templates,
+            "resources/read": self._read_resource,
+            "resources/subscribe": self._subscribe,
+            "resources/unsubscribe": self._unsubscribe,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.started_at = time.monotonic()
+        self.policy.start_watching(self.policy_changed)
+        for cfg in self.config.backends:
+            backend = StdioBackend(cfg, self, environ=self.environ, base_dir=self.config.base_dir,
+                                   max_message_bytes=self.config.gateway.max_message_bytes)
+            self.backends[cfg.name] = backend
+            self._lists_ready[cfg.name] = asyncio.Event()
+            if not cfg.enabled:
+                self._lists_ready[cfg.name].set()
+        await asyncio.gather(*(b.start() for b in self.backends.values()))
+
+    def set_upstream_capabilities(self, client_caps: Mapping[str, Any] | None) -> None:
+        """Backends are initialised with what the gateway can route back; known once a client says."""
+        if self._upstream_caps is None:
+            self._upstream_caps = upstream_capabilities(client_caps)
+            self._upstream_caps_ready.set()
+
+    async def upstream_capabilities(self) -> dict[str, Any]:
+        await self._upstream_caps_ready.wait()
+        return dict(self._upstream_caps or {})
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.policy.stop_watching()
+        self.set_upstream_capabilities({})  # release backends still waiting to handshake
+        for task in list(self._refresh_tasks.values()) + list(self._background):
+            task.cancel()
+        await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
+
+    def open_session(self, session: Session) -> None:
+        self.sessions.add(session)
+
+    async def close_session(self, session: Session, grace: float) -> None:
+        """Let in-flight requests finish within `grace`, then cancel them (and upstream)."""
+        tasks = list(session.in_flight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        for key, subs in list(self._subscribers.items()):
+            if session in subs:
+                subs.discard(session)
+                if not subs:
+                    await self._upstream_unsubscribe(key)
+        session.close()
+        self.sessions.discard(session)
+
+    # -- message entry point -------------------------------------------------------------------
+
+    def receive(self, session: Session, message: Any) -> None:
+        """Take one decoded message from a front. Never raises; answers go through session.send."""
+        if isinstance(message, list):
+            self._spawn(self._batch(session, message))
+            return
+        invalid = jsonrpc.check_message(message)
+        if invalid is not None:
+            session.send(jsonrpc.error_from(invalid.id, invalid.error))
+            return
+        if "method" not in message:
+            if not session.resolve(message):
+                log.debug("session %s: unexpected response id %r ignored", session.id, message.get("id"))
+            return
+        if "id" not in message:
+            self._notification(session, message["method"], message.get("params") or {})
+            return
+        req_id = message["id"]
+        if req_id in session.in_flight:
+            session.send(jsonrpc.error(req_id, jsonrpc.INVALID_REQUEST,
+                                       f"Invalid Request: id {req_id!r} is already in use by a pending request"))
+            return
+        if len(session.in_flight) >= self.config.gateway.max_in_flight_per_session:
+            session.send(jsonrpc.error(req_id, jsonrpc.RATE_LIMITED, "Too many requests in flight; retry shortly",
+                                       {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1}))
+            return
+        task = asyncio.create_task(self._run_request(session, message))
+        session.in_flight[req_id] = task
+        task.add_done_callback(lambda _t: session.in_flight.pop(req_id, None))
+
+    async def _run_request(self, session: Session, message: dict[str, Any]) -> None:
+        reply = await self.handle_request(session, message)
+        if reply is not None:
+            session.send(reply)
+
+    async def handle_request(self, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
+        req_id = message["id"]
+        method = message["method"]
+        params = message.get("params") or {}
+        try:
+            if method == "initialize":
+                return jsonrpc.result(req_id, self._initialize(session, params))
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+            if session.state == "new" and method != "ping":
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_REQUEST,
+                                           "Invalid Request: the session is not initialized; send initialize first")
+            if method != "ping":
+                self.policy.check_identity(session.identity)
+            return jsonrpc.result(req_id, await handler(session, params))
+        except jsonrpc.JsonRpcError as exc:
+            return jsonrpc.error_from(req_id, exc)
+        except asyncio.CancelledError:
+            return None  # the client cancelled: MCP says send nothing
+        except Exception:
+            log.exception("internal error handling %s", method)
+            return jsonrpc.error(req_id, jsonrpc.INTERNAL_ERROR, "Internal error")
+
+    async def _batch(self, session: Session, batch: list[Any]) -> None:
+        if session.protocol_version != BATCH_VERSION:
+            session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
+                                       "Invalid Request: batches are only allowed in protocol 2025-03-26"))
+            return
+        if not batch:
+            session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch"))
+            return
+        replies: list[Awaitable[dict[str, Any] | None]] = []
+        for item in batch:
+            invalid = jsonrpc.check_message(item)
+            if invalid is not None:
+                session.send(jsonrpc.error_from(invalid.id, invalid.error))
+            elif "method" not in item:
+                session.resolve(item)
+            elif "id" not in item:
+                self._notification(session, item["method"], item.get("params") or {})
+            elif item.get("method") == "initialize":
+                replies.append(_const(jsonrpc.error(item["id"], jsonrpc.INVALID_REQUEST,
+                                                    "Invalid Request: initialize must not be batched")))
+            else:
+                replies.append(self.handle_request(session, item))
+        results = [r for r in await asyncio.gather(*replies) if r is not None]
+        if results:
+            session.send(results)
+
+    def _notification(self, session: Session, method: str, params: dict[str, Any]) -> None:
+        if method == "notifications/initialized":
+            if session.state == "initialized":
+                session.state = "ready"
+        elif method == "notifications/cancelled":
+            task = session.in_flight.get(params.get("requestId"))  # type: ignore[arg-type]
+            if task is not None and not task.done():
+                task.cancel()
+        elif method == "notifications/roots/list_changed":
+            for backend in self._ready_backends():
+                self._spawn(backend.notify(method, params))
+        # progress for server-to-client requests and unknown notifications: nothing to do
+
+    # -- lifecycle methods -----------------------------------------------------------------------
+
+    def _initialize(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        if session.state != "new":
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_REQUEST, "Invalid Request: the session is already initialized")
+        version = params.get("protocolVersion")
+        caps = params.get("capabilities")
+        info = params.get("clientInfo")
+        if not isinstance(version, str) or not isinstance(caps, dict):
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS,
+                                       "Invalid params: initialize needs protocolVersion and capabilities")
+        session.protocol_version = negotiate_version(version)
+        session.client_capabilities = caps
+        session.client_info = info if isinstance(info, dict) else {}
+        session.state = "initialized"
+        self.set_upstream_capabilities(caps)
+        log.info("session %s: client %s initialized (protocol %s, subject %s)", session.id,
+                 session.client_name or "?", session.protocol_version, session.identity.subject)
+        result: dict[str, Any] = {
+            "protocolVersion": session.protocol_version,
+            "capabilities": self.capabilities(),
+            "serverInfo": {"name": "sentinel-gw", "title": "sentinel-gw MCP gateway", "version": __version__},
+        }
+        instructions = merge_instructions(
+            self.config.gateway.instructions,
+            ((b.name, b.instructions) for b in self.backends.values() if b.ready),
+        )
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the backends offer, as far as known now; a starting backend may offer any family,
+        so those are advertised with listChanged and filled in when it is ready."""
+        families: dict[str, dict[str, Any]] = {}
+        starting = False
+        for b in self.backends.values():
+            if b.ready:
+                for key, value in b.capabilities.items():
+                    if isinstance(value, dict):
+                        families.setdefault(key, {}).update(value)
+            elif b.state in (BackendState.STARTING, BackendState.RESTARTING):
+                starting = True
+        caps: dict[str, Any] = {"tools": {"listChanged": True}}
+        if "prompts" in families or starting:
+            caps["prompts"] = {"listChanged": True}
+        if "resources" in families or starting:
+            subscribe = bool(families.get("resources", {}).get("subscribe")) or starting
+            caps["resources"] = {"subscribe": subscribe, "listChanged": True}
+        if "completions" in families:
+            caps["completions"] = {}
+        if "logging" in families:
+            caps["logging"] = {}
+        return caps
+
+    async def _ping(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    # -- lists ---------------------------------------------------------------------------------
+
+    def backends_settled(self) -> bool:
+        return all(event.is_set() for event in self._lists_ready.values())
+
+    async def wait_for_backends(self) -> None:
+        """Lists wait for starting backends, each up to its startup timeout from gateway start."""
+        if self.backends_settled():
+            return
+        now = time.monotonic()
+        waits = []
+        for name, event in self._lists_ready.items():
+            if event.is_set():
+                continue
+            cfg = self.backends[name].cfg
+            remaining = self.started_at + cfg.startup_timeout_secs - now
+            if remaining > 0:
+                waits.append(asyncio.wait_for(event.wait(), remaining))
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _page(self, method: str, items: list[dict[str, Any]], params: dict[str, Any],
+              view: CatalogView) -> dict[str, Any]:
+        size = self.config.gateway.page_size
+        offset = 0
+        if "cursor" in params and params["cursor"] is not None:
+            payload = self.cursors.decode(params["cursor"])
+            if payload is None or payload.get("m") != method or not isinstance(payload.get("o"), int):
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: unknown or expired cursor")
+            offset = payload["o"]
+        page: dict[str, Any] = {LIST_METHODS[method]: items[offset : offset + size]}
+        if offset + size < len(items):
+            page["nextCursor"] = self.cursors.encode({"m": method, "o": offset + size, "v": view.version})
+        return page
+
+    async def _list_tools(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        view = self.catalog.view
+        ident = session.identity
+        items = [dict(e.definition) for e in view.tools if self.policy.tool_listed(ident, e)]
+        return self._page("tools/list", items, params, view)
+
+    async def _list_prompts(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        view = self.catalog.view
+        items = [dict(e.definition) for e in view.prompts if self.policy.prompt_visible(session.identity, e)]
+        return self._page("prompts/list", items, params, view)
+
+    async def _list_resources(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        view = self.catalog.view
+        items = [dict(r.definition) for r in view.resources
+                 if self.policy.resource_visible(session.identity, r.uri, r.backend)]
+        return self._page("resources/list", items, params, view)
+
+    async def _list_templates(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        view = self.catalog.view
+        items = [dict(t.definition) for t in view.templates
+                 if self.policy.resource_visible(session.identity, t.template, t.backend)]
+        return self._page("resources/templates/list", items, params, view)
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def _backend_for(self, name: str) -> StdioBackend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendError(name, "unavailable", f"Backend '{name}' is not available")
+        return backend
+
+    def _progress_relay(self, session: Session, params: dict[str, Any]) -> Callable[[dict[str, Any]], None] | None:
+        meta = params.get("_meta")
+        if not isinstance(meta, dict) or "progressToken" not in meta:
+            return None
+        token = meta["progressToken"]
+
+        def relay(upstream: dict[str, Any]) -> None:
+            session.notify("notifications/progress", {**upstream, "progressToken": token})
+
+        return relay
+
+    async def _forward(self, session: Session, backend_name: str, method: str, params: dict[str, Any],
+                       timeout: float | None = None) -> dict[str, Any]:
+        backend = self._backend_for(backend_name)
+        session.backend_calls[backend_name] = session.backend_calls.get(backend_name, 0) + 1
+        try:
+            return await backend.request(method, params, timeout=timeout,
+                                         on_progress=self._progress_relay(session, params))
+        finally:
+            session.backend_calls[backend_name] -= 1
+
+    async def _call_tool(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        name = params.get("name")
+        record: dict[str, Any] = {"session": session, "method": "tools/call", "tool": name, "params": params,
+                                  "status": "error", "error": None, "backend": None, "original": None}
+        try:
+            if not isinstance(name, str):
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a string name")
+            arguments = params.get("arguments")
+            if arguments is not None and not isinstance(arguments, dict):
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: arguments must be an object")
+            entry = await self._visible_tool(session, name)
+            record["backend"], record["original"] = entry.backend, entry.original
+            self.policy.authorize_tool_call(session.identity, entry, arguments or {})
+            upstream = {**params, "name": entry.original}
+            result = await self._forward(session, entry.backend, "tools/call", upstream)
+            record["status"] = "success"
+            return result
+        except Refusal as exc:
+            record["status"], record["error"] = exc.status, exc.message
+            raise
+        except BackendError as exc:
+            record["status"] = "timeout" if exc.reason == "timeout" else "error"
+            record["error"] = exc.message
+            raise
+        except jsonrpc.JsonRpcError as exc:
+            record["error"] = exc.message
+            raise
+        except asyncio.CancelledError:
+            record["status"], record["error"] = "cancelled", "cancelled by client"
+            raise
+        finally:
+            record["latency_ms"] = (time.monotonic() - started) * 1000
+            for observer in self.observers:
+                observer(record)
+
+    async def _visible_tool(self, session: Session, name: str) -> Entry:
+        entry = self.catalog.view.tool_by_name.get(name)
+        if entry is None and not self.backends_settled():
+            await self.wait_for_backends()  # a call right after initialize may beat the first lists
+            entry = self.catalog.view.tool_by_name.get(name)
+        if entry is None or not self.policy.tool_visible(session.identity, entry):
+            # Invisible and unknown look the same: no enumeration through errors.
+            raise Refusal("denied" if entry else "error", jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}")
+        return entry
+
+    async def _get_prompt(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name")
+        await self.wait_for_backends()
+        entry = self.catalog.view.prompt_by_name.get(name)
+        if entry is None or not self.policy.prompt_visible(session.identity, entry):
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
+        self.policy.authorize_prompt_get(session.identity, entry)
+        return await self._forward(session, entry.backend, "prompts/get", {**params, "name": entry.original})
+
+    def _resource_owner(self, session: Session, uri: object) -> str:
+        if not isinstance(uri, str) or not uri:
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: a resource uri is required")
+        backend = self.catalog.view.route_resource(uri)
+        if backend is None:
+            # Not listed and no template matches: one resource backend can still own it.
+            owners = [b.name for b in self._ready_backends() if "resources" in b.capabilities]
+            backend = owners[0] if len(owners) == 1 else None
+        if backend is None or not self.policy.resource_visible(session.identity, uri, backend):
+            raise jsonrpc.JsonRpcError(jsonrpc.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+        return backend
+
+    async def _read_resource(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        uri = params.get("uri")
+        backend = self._resource_owner(session, uri)
+        self.policy.authorize_resource_read(session.identity, str(uri), backend)
+        return await self._forward(session, backend, "resources/read", params)
+
+    async def _subscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        await self.wait_for_backends()
+        uri = params.get("uri")
+        backend = self._resource_owner(session, uri)
+        self.policy.authorize_resource_read(session.identity, str(uri), backend)
+        if not self._backend_for(backend).capabilities.get("resources", {}).get("subscribe"):
+            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND,
+                                       "Resource subscriptions are not supported for this resource")
+        key = (backend, str(uri))
+        subs = self._subscribers.setdefault(key, set())
+        if not subs:
+            await self._forward(session, backend, "resources/subscribe", params)
+        subs.add(session)
+        session.subscriptions.add(str(uri))
+        return {}
+
+    async def _unsubscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: a resource uri is required")
+        session.subscriptions.discard(uri)
+        for key, subs in list(self._subscribers.items()):
+            if key[1] == uri and session in subs:
+                subs.discard(session)
+                if not subs:
+                    await self._upstream_unsubscribe(key)
+        return {}
+
+    async def _upstream_unsubscribe(self, key: tuple[str, str]) -> None:
+        self._subscribers.pop(key, None)
+        backend = self.backends.get(key[0])
+        if backend is not None and backend.ready:
+            with contextlib.suppress(jsonrpc.JsonRpcError):
+                await backend.request("resources/unsubscribe", {"uri": key[1]})
+
+    async def _complete(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        ref = params.get("ref")
+        if not isinstance(ref, dict):
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: completion needs a ref")
+        self.policy.authorize_completion(session.identity)
+        await self.wait_for_backends()
+        if ref.get("type") == "ref/prompt":
+            name = ref.get("name")
+            entry = self.catalog.view.prompt_by_name.get(name) if isinstance(name, str) else None
+            if entry is None or not self.policy.prompt_visible(session.identity, entry):
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
+            backend, upstream = entry.backend, {**params, "ref": {**ref, "name": entry.original}}
+        elif ref.get("type") == "ref/resource":
+            uri = ref.get("uri")
+            owner = self.catalog.view.template_owner(uri) if isinstance(uri, str) else None
+            backend = owner or self._resource_owner(session, uri)
+            if not self.policy.resource_visible(session.identity, str(uri), backend):
+                raise jsonrpc.JsonRpcError(jsonrpc.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
+            upstream = params
+        else:
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: unknown ref type")
+        if "completions" not in self._backend_for(backend).capabilities:
+            return {"completion": {"values": [], "hasMore": False}}
+        return await self._forward(session, backend, "completion/complete", upstream)
+
+    async def _set_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        level = params.get("level")
+        if level not in LOG_LEVEL_RANK:
+            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS,
+                                       f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+        session.log_level = level
+        await self._push_log_level()
+        return {}
+
+    async def _push_log_level(self, only: StdioBackend | None = None) -> None:
+        levels = [s.log_level for s in self.sessions if s.log_level]
+        if not levels:
+            return
+        # Shared backends log at the most verbose level any client asked for; we filter per client.
+        level = min(levels, key=LOG_LEVEL_RANK.__getitem__)
+        targets = [only] if only else self._ready_backends()
+        for backend in targets:
+            if "logging" in backend.capabilities:
+                with contextlib.suppress(jsonrpc.JsonRpcError):
+                    await backend.request("logging/setLevel", {"level": level})
+
+    # -- backend events (BackendEvents) ------------------------------------------------------
+
+    def _ready_backends(self) -> list[StdioBackend]:
+        return [b for b in self.backends.values() if b.ready]
+
+    def backend_ready(self, backend: Any) -> None:
+        self._spawn(self._on_backend_ready(backend))
+
+    async def _on_backend_ready(self, backend: StdioBackend) -> None:
+        try:
+            await self._refresh(backend, ("tools", "prompts", "resources"))
+            await self._push_log_level(backend)
+            for (name, uri), subs in self._subscribers.items():
+                if name == backend.name and subs:
+                    with contextlib.suppress(jsonrpc.JsonRpcError):
+                        await backend.request("resources/subscribe", {"uri": uri})
+        finally:
+            self._lists_ready[backend.name].set()
+
+    def backend_down(self, backend: Any, reason: str) -> None:
+        self.catalog.drop_backend(backend.name)
+        self._rebuild()
+        if reason == "gave_up":
+            self._lists_ready[backend.name].set()
+
+    async def _refresh(self, backend: StdioBackend, kinds: tuple[str, ...]) -> None:
+        caps = backend.capabilities
+        for kind in kinds:
+            if kind not in caps:
+                continue
+            methods = ["resources/list", "resources/templates/list"] if kind == "resources" else [f"{kind}/list"]
+            for method in methods:
+                try:
+                    items = await self._drain(backend, method)
+                except jsonrpc.JsonRpcError as exc:
+                    if exc.code != jsonrpc.METHOD_NOT_FOUND:
+                        log.warning("backend %s: %s failed: %s", backend.name, method, exc.message)
+                    items = []
+                self.catalog.set_lists(backend.name, LIST_METHODS[method], items)
+        self._rebuild()
+
+    async def _drain(self, backend: StdioBackend, method: str) -> list[Any]:
+        """All pages of one list, with caps and loop detection (a cursor seen twice ends it)."""
+        key = LIST_METHODS[method]
+        items: list[Any] = []
+        seen: set[str] = set()
+        cursor: str | None = None
+        for _ in range(MAX_UPSTREAM_PAGES):
+            page = await backend.request(method, {"cursor": cursor} if cursor is not None else {})
+            batch = page.get(key)
+            if isinstance(batch, list):
+                items.extend(batch)
+            nxt = page.get("nextCursor")
+            if not isinstance(nxt, str) or len(items) >= MAX_UPSTREAM_ITEMS:
+                break
+            if nxt in seen:
+                log.warning("backend %s: %s returned a cursor twice; stopping", backend.name, method)
+                break
+            seen.add(nxt)
+            cursor = nxt
+        return items[:MAX_UPSTREAM_ITEMS]
+
+    def _rebuild(self) -> None:
+        visible = [b.name for b in self.backends.values() if b.ready and not self.policy.backend_killed(b.name)]
+        _, changed = self.catalog.rebuild(visible)
+        for kind in sorted(changed):
+            self._broadcast_list_changed(kind)
+
+    def _broadcast_list_changed(self, kind: str) -> None:
+        for session in list(self.sessions):
+            if session.state != "new":
+                session.notify(LIST_CHANGED[kind])
+
+    def policy_changed(self) -> None:
+        """Kill switch or policy changed: lists may look different to every client."""
+        self._rebuild()
+        for kind in LIST_CHANGED:
+            self._broadcast_list_changed(kind)
+
+    def backend_notification(self, backend: Any, method: str, params: dict[str, Any]) -> None:
+        if method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+                      "notifications/resources/list_changed"):
+            kind = method.split("/")[1]
+            self._schedule_refresh(backend, kind)
+        elif method == "notifications/resources/updated":
+            uri = params.get("uri")
+            for session in self._subscribers.get((backend.name, uri), set()) if isinstance(uri, str) else ():
+                session.notify(method, params)
+        elif method == "notifications/message":
+            self._relay_log(backend, params)
+        elif method == "notifications/cancelled":
+            backend.cancel_server_request(params.get("requestId"))
+        else:
+            log.debug("backend %s: notification %s not relayed", backend.name, method)
+
+    def _schedule_refresh(self, backend: StdioBackend, kind: str) -> None:
+        key = (backend.name, kind)
+        if key in self._refresh_tasks:
+            return  # one refresh per burst of notifications
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(LIST_REFRESH_DEBOUNCE)
+                if backend.ready:
+                    await self._refresh(backend, (kind,))
+            except (jsonrpc.JsonRpcError, asyncio.CancelledError):
+                pass
+            finally:
+                self._refresh_tasks.pop(key, None)
+
+        self._refresh_tasks[key] = asyncio.create_task(later())
+
+    def _relay_log(self, backend: StdioBackend, params: dict[str, Any]) -> None:
+        level = params.get("level")
+        rank = LOG_LEVEL_RANK.get(level, 0) if isinstance(level, str) else 0
+        logger = params.get("logger")
+        out = {**params, "logger": f"{backend.name}/{logger}" if isinstance(logger, str) else backend.name}
+        for session in list(self.sessions):
+            wanted = session.log_level
+            if session.state != "new" and (wanted is None or rank >= LOG_LEVEL_RANK[wanted]):
+                session.notify("notifications/message", out)
+
+    async def backend_request(self, backend: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A backend asks the client something (sampling, elicitation, roots)."""
+        capability = CLIENT_REQUEST_CAPABILITY.get(method)
+        if capability is None:
+            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+        session = self._route_server_request(backend.name, capability)
+        if method == "elicitation/create" and isinstance(params.get("message"), str):
+            # The user must see which server is asking.
+            params = {**params, "message": f"[{backend.name}] {params['message']}"}
+        return await session.request(method, params, self.config.gateway.client_request_timeout_secs)
+
+    def _route_server_request(self, backend: str, capability: str) -> Session:
+        capable = [s for s in self.sessions if s.state != "new" and capability in s.client_capabilities]
+        if len(capable) > 1:
+            # Several clients share the backend: only the one with calls there can be the asker.
+            capable = [s for s in capable if s.backend_calls.get(backend)]
+        if len(capable) != 1:
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.METHOD_NOT_FOUND,
+                f"The client does not support {capability}" if not capable
+                else f"Cannot tell which client a {capability} request is for",
+            )
+        return capable[0]
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            name: {"state": b.state.value, "pid": b.pid, "restarts": b.restarts, "last_error": b.last_error,
+                   "in_flight": b.in_flight(), "tools": len(self.catalog.lists.get(name).tools)
+                   if name in self.catalog.lists else 0}
+            for name, b in self.backends.items()
+        }
+
+
+async def _const(value: dict[str, Any]) -> dict[str, Any]:
+    return value

@@ -1,0 +1,171 @@
+"""JSON-RPC 2.0 as MCP uses it: parsing, validation, encoding. Sans-I/O.
+
+Messages stay plain dicts (what `json.loads` gives): the gateway forwards most fields untouched,
+so a typed model would only cost time and lose fields a backend added (the original's bug).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+# Gateway codes kept from the original for compatibility (see docs/ERRORS.md).
+UNAUTHENTICATED = -32001
+RESOURCE_NOT_FOUND = -32002  # MCP's meaning in handshake-era revisions; never reused for anything else
+PERMISSION_DENIED = -32003
+RATE_LIMITED = -32004
+KILLED = -32005
+BACKEND_UNAVAILABLE = -32006
+CIRCUIT_OPEN = -32007
+REQUEST_TIMEOUT = -32008
+
+JsonId = str | int
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_decode = json.JSONDecoder().decode
+
+
+class JsonRpcError(Exception):
+    """An error that becomes a JSON-RPC error response."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+    def to_error(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A message that could not be accepted; answer with `error` (id may be None)."""
+
+    id: JsonId | None
+    error: JsonRpcError
+
+
+def encode(message: Any) -> bytes:
+    """Compact one-line JSON plus the newline that frames it on stdio."""
+    return (_encoder.encode(message) + "\n").encode("utf-8")
+
+
+def decode(data: bytes | str) -> Any:
+    """Parse one message; raises JsonRpcError(PARSE_ERROR) with a short reason."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return _decode(text)
+    except UnicodeDecodeError:
+        raise JsonRpcError(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
+    except ValueError as exc:
+        reason = str(exc).split(":", 1)[0]
+        raise JsonRpcError(PARSE_ERROR, f"Parse error: {reason}") from None
+
+
+def valid_id(value: Any) -> bool:
+    # bool is an int subclass; JSON true/false is never a valid id.
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def readable_id(message: Any) -> JsonId | None:
+    """The id to put on an error reply when the message itself was invalid."""
+    if isinstance(message, dict):
+        value = message.get("id")
+        if valid_id(value):
+            return value
+    return None
+
+
+def check_message(message: Any) -> Invalid | None:
+    """Validate the envelope of one decoded message. None means it is well formed.
+
+    Kinds are told apart by shape: `method` + `id` is a request, `method` alone a notification,
+    `id` + exactly one of `result`/`error` a response.
+    """
+    if not isinstance(message, dict):
+        return Invalid(None, JsonRpcError(INVALID_REQUEST, "Invalid Request: expected a JSON object"))
+    if message.get("jsonrpc") != "2.0":
+        return Invalid(
+            readable_id(message), JsonRpcError(INVALID_REQUEST, 'Invalid Request: "jsonrpc" must be "2.0"')
+        )
+    if "method" in message:
+        method = message["method"]
+        if not isinstance(method, str) or not method:
+            return Invalid(
+                readable_id(message),
+                JsonRpcError(INVALID_REQUEST, 'Invalid Request: "method" must be a non-empty string'),
+            )
+        if "id" in message and not valid_id(message["id"]):
+            return Invalid(
+                None, JsonRpcError(INVALID_REQUEST, 'Invalid Request: "id" must be a string or an integer')
+            )
+        params = message.get("params")
+        if params is not None and not isinstance(params, dict):
+            return Invalid(
+                readable_id(message),
+                JsonRpcError(INVALID_REQUEST, 'Invalid Request: "params" must be an object'),
+            )
+        return None
+    if "id" in message and (("result" in message) != ("error" in message)):
+        if "error" in message:
+            err = message["error"]
+            if not isinstance(err, dict) or not isinstance(err.get("code"), int):
+                return Invalid(None, JsonRpcError(INVALID_REQUEST, "Invalid Request: malformed error object"))
+        if message["id"] is not None and not valid_id(message["id"]):
+            return Invalid(None, JsonRpcError(INVALID_REQUEST, 'Invalid Request: "id" is not valid'))
+        return None
+    return Invalid(
+        readable_id(message), JsonRpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response")
+    )
+
+
+def is_request(message: dict[str, Any]) -> bool:
+    return "method" in message and "id" in message
+
+
+def is_notification(message: dict[str, Any]) -> bool:
+    return "method" in message and "id" not in message
+
+
+def is_response(message: dict[str, Any]) -> bool:
+    return "method" not in message
+
+
+def result(id_: JsonId, value: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "result": value}
+
+
+def error(id_: JsonId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": id_, "error": err}
+
+
+def error_from(id_: JsonId | None, exc: JsonRpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": id_, "error": exc.to_error()}
+
+
+def request(id_: JsonId, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id_, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+def notification(method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg

@@ -1,0 +1,133 @@
+"""MCP facts the gateway decides with: versions, capabilities, names, cursors. Sans-I/O."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+# Handshake-era revisions, newest first. 2026-07-28 (stateless) is served by a later front.
+HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
+LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
+BATCH_VERSION = "2025-03-26"  # the only revision in which JSON-RPC batches are allowed
+
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LOG_LEVEL_RANK: dict[str, int] = {name: i for i, name in enumerate(LOG_LEVELS)}
+
+LIST_METHODS: dict[str, str] = {
+    "tools/list": "tools",
+    "prompts/list": "prompts",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+}
+LIST_CHANGED: dict[str, str] = {
+    "tools": "notifications/tools/list_changed",
+    "prompts": "notifications/prompts/list_changed",
+    "resources": "notifications/resources/list_changed",
+}
+# Server-to-client requests and the client capability each needs.
+CLIENT_REQUEST_CAPABILITY: dict[str, str] = {
+    "sampling/createMessage": "sampling",
+    "elicitation/create": "elicitation",
+    "roots/list": "roots",
+}
+# What the gateway can route from a backend to its client, so what it may declare upstream.
+ROUTABLE_CLIENT_CAPABILITIES: tuple[str, ...] = ("roots", "sampling", "elicitation")
+
+
+def negotiate_version(requested: object) -> str:
+    """Answer the client's version when we speak it, else our latest (the client then decides)."""
+    if isinstance(requested, str) and requested in HANDSHAKE_VERSIONS:
+        return requested
+    return LATEST_HANDSHAKE
+
+
+def upstream_capabilities(client_caps: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Client capabilities to declare to backends: only what the gateway can route back."""
+    caps: dict[str, Any] = {}
+    if not client_caps:
+        return caps
+    for key in ROUTABLE_CLIENT_CAPABILITIES:
+        value = client_caps.get(key)
+        if isinstance(value, dict):
+            caps[key] = dict(value)
+    return caps
+
+
+_NAME_OK = re.compile(r"[A-Za-z0-9_-]+")
+_NAME_BAD = re.compile(r"[^A-Za-z0-9_-]")
+CLAUDE_NAME_BUDGET = 64
+
+
+def name_budget(server_name: str) -> int:
+    """Longest exposed name that keeps `mcp__<server>__<tool>` within Claude Code's 64 characters."""
+    return max(16, CLAUDE_NAME_BUDGET - len("mcp__") - len(server_name) - len("__"))
+
+
+def short_hash(text: str, length: int = 6) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def exposed_name(original: str, prefix: str, budget: int) -> str:
+    """A client-safe name: `[A-Za-z0-9_-]`, prefixed, shortened deterministically to `budget`.
+
+    Anything rewritten gets a short hash of the original so two originals that sanitise or
+    truncate to the same text still differ.
+    """
+    base = f"{prefix}_{original}" if prefix else original
+    clean = _NAME_BAD.sub("_", base) or "_"
+    if clean == base and len(clean) <= budget:
+        return clean
+    suffix = "_" + short_hash(base)
+    return clean[: budget - len(suffix)] + suffix
+
+
+def is_valid_exposed_name(name: str) -> bool:
+    return _NAME_OK.fullmatch(name) is not None
+
+
+def merge_instructions(header: str, parts: Iterable[tuple[str, str]], limit: int = 2048) -> str:
+    """Backend instructions under their names, capped (Claude Code truncates at 2 KB)."""
+    chunks = [header.strip()] if header.strip() else []
+    for name, text in parts:
+        text = text.strip()
+        if text:
+            chunks.append(f"## {name}\n{text}")
+    out = "\n\n".join(chunks)
+    if len(out) > limit:
+        out = out[: limit - 1] + "…"
+    return out
+
+
+class CursorCodec:
+    """Opaque, tamper-evident pagination cursors: base64url(JSON payload) + '.' + HMAC tag.
+
+    The key is per process, so a cursor from another gateway (or an earlier run) is simply
+    invalid, which MCP answers with -32602 and clients handle by starting over.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def encode(self, payload: Mapping[str, Any]) -> str:
+        body = base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).rstrip(b"=")
+        tag = hmac.new(self._key, body, hashlib.sha256).digest()[:12]
+        return body.decode() + "." + base64.urlsafe_b64encode(tag).rstrip(b"=").decode()
+
+    def decode(self, cursor: object) -> dict[str, Any] | None:
+        if not isinstance(cursor, str) or len(cursor) > 512 or "." not in cursor:
+            return None
+        body, _, tag = cursor.partition(".")
+        try:
+            want = hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:12]
+            got = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4))
+            if not hmac.compare_digest(want, got):
+                return None
+            payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except (ValueError, TypeError):
+            return None
+        return payload if isinstance(payload, dict) else None

@@ -1,0 +1,88 @@
+"""One client connection (a stdio process, later an HTTP session): identity and protocol state."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from sentinel_gw.policy.identity import Identity
+from sentinel_gw.protocol import jsonrpc
+
+class Session:
+    """Front-agnostic: a front creates it with a `send` function that queues one message."""
+
+    def __init__(self, identity: Identity, send: Callable[[dict[str, Any] | list[Any]], None], *,
+                 transport: str) -> None:
+        self.id = secrets.token_hex(8)
+        self.identity = identity
+        self.transport = transport
+        self._send = send
+        self.state = "new"  # new -> initialized (after our initialize reply) -> ready (client said so)
+        self.protocol_version = ""
+        self.client_info: dict[str, Any] = {}
+        self.client_capabilities: dict[str, Any] = {}
+        self.log_level: str | None = None
+        self.subscriptions: set[str] = set()
+        self.in_flight: dict[jsonrpc.JsonId, asyncio.Task[None]] = {}
+        self.backend_calls: dict[str, int] = {}  # backend -> requests of ours in flight there
+        self._outbound: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_out = 0
+        self.closed = False
+
+    @property
+    def client_name(self) -> str:
+        name = self.client_info.get("name")
+        return name if isinstance(name, str) else ""
+
+    def send(self, message: dict[str, Any] | list[Any]) -> None:
+        if not self.closed:
+            self._send(message)
+
+    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        self.send(jsonrpc.notification(method, params))
+
+    async def request(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a request to the client and wait for its answer (server-to-client direction)."""
+        if self.closed:
+            raise jsonrpc.JsonRpcError(jsonrpc.INTERNAL_ERROR, "client session is closed")
+        self._next_out += 1
+        out_id = self._next_out
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._outbound[out_id] = fut
+        try:
+            self.send(jsonrpc.request(out_id, method, params))
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            self.notify("notifications/cancelled", {"requestId": out_id, "reason": "timeout"})
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.REQUEST_TIMEOUT, f"client did not answer {method} within {timeout:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self.notify("notifications/cancelled", {"requestId": out_id, "reason": "cancelled by server"})
+            raise
+        finally:
+            self._outbound.pop(out_id, None)
+
+    def resolve(self, message: dict[str, Any]) -> bool:
+        """A response from the client to one of our requests; False if we were not waiting for it."""
+        msg_id = message.get("id")
+        fut = self._outbound.get(msg_id) if isinstance(msg_id, int) else None
+        if fut is None or fut.done():
+            return False
+        if "error" in message:
+            err = message["error"]
+            fut.set_exception(jsonrpc.JsonRpcError(err.get("code", jsonrpc.INTERNAL_ERROR),
+                                                   str(err.get("message", "")), err.get("data")))
+        else:
+            res = message.get("result")
+            fut.set_result(res if isinstance(res, dict) else {})
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in self._outbound.values():
+            if not fut.done():
+                fut.set_exception(jsonrpc.JsonRpcError(jsonrpc.INTERNAL_ERROR, "client session closed"))
+        self._outbound.clear()
