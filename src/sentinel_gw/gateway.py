@@ -65,6 +65,7 @@ class Gateway:
         self.started_at = time.monotonic()
         self.observers: list[CallObserver] = []
         self._lists_ready: dict[str, asyncio.Event] = {}
+        self._ready_deadline: dict[str, float] = {}  # lists wait for a starting backend until then
         self._refresh_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._upstream_caps: dict[str, Any] | None = None
@@ -96,6 +97,7 @@ class Gateway:
                                    max_message_bytes=self.config.gateway.max_message_bytes)
             self.backends[cfg.name] = backend
             self._lists_ready[cfg.name] = asyncio.Event()
+            self._ready_deadline[cfg.name] = self.started_at + cfg.startup_timeout_secs
             if not cfg.enabled:
                 self._lists_ready[cfg.name].set()
         await asyncio.gather(*(b.start() for b in self.backends.values()))
@@ -301,7 +303,8 @@ class Gateway:
         return all(event.is_set() for event in self._lists_ready.values())
 
     async def wait_for_backends(self) -> None:
-        """Lists wait for starting backends, each up to its startup timeout from gateway start."""
+        """Lists (and calls to unknown names) wait for starting or restarting backends, each up to
+        its startup timeout from when it (re)started."""
         if self.backends_settled():
             return
         now = time.monotonic()
@@ -309,8 +312,7 @@ class Gateway:
         for name, event in self._lists_ready.items():
             if event.is_set():
                 continue
-            cfg = self.backends[name].cfg
-            remaining = self.started_at + cfg.startup_timeout_secs - now
+            remaining = self._ready_deadline[name] - now
             if remaining > 0:
                 waits.append(asyncio.wait_for(event.wait(), remaining))
         if waits:
@@ -567,6 +569,11 @@ class Gateway:
         self._rebuild()
         if reason == "gave_up":
             self._lists_ready[backend.name].set()
+        else:  # it restarts: callers may wait for it as they did at startup
+            cfg = backend.cfg
+            self._ready_deadline[backend.name] = time.monotonic() + cfg.restart.backoff_max_secs + \
+                cfg.startup_timeout_secs
+            self._lists_ready[backend.name].clear()
 
     async def _refresh(self, backend: StdioBackend, kinds: tuple[str, ...]) -> None:
         caps = backend.capabilities

@@ -55,6 +55,7 @@ class StdioClient:
         self.stderr = stderr
         self.proc: asyncio.subprocess.Process | None = None
         self.notifications: list[dict[str, Any]] = []
+        self.unmatched: list[dict[str, Any]] = []  # responses nobody waited for (e.g. id null)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
         self._reader: asyncio.Task[None] | None = None
@@ -92,6 +93,8 @@ class StdioClient:
             fut = self._pending.get(msg.get("id"))  # type: ignore[arg-type]
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+            else:
+                self.unmatched.append(msg)
 
     async def _answer(self, msg: dict[str, Any]) -> None:
         try:
