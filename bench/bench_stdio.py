@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -62,8 +61,9 @@ def gateway_env(tmp: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT / "src")
     env["BENCH_SECRET"] = SECRET
     env["XDG_STATE_HOME"] = str(tmp)
-    env["SENTINEL_TOKEN"] = mint_token(SECRET, subject="bench", roles=["bench"], ttl_secs=3600,
-                                       issuer="sentinel-gw", audience="sentinel-gw")
+    env["SENTINEL_TOKEN"] = mint_token(
+        SECRET, subject="bench", roles=["bench"], ttl_secs=3600, issuer="sentinel-gw", audience="sentinel-gw"
+    )
     return env
 
 
@@ -168,12 +168,24 @@ async def main() -> None:
         return f"{min(vals):.4g}–{max(vals):.4g}"
 
     rows = [
-        ("latency p50 (ms), 1 in flight", med("direct", "p50") * 1e3, med("gateway", "p50") * 1e3,
-         med("gateway", "p50") / med("direct", "p50")),
-        ("latency p99 (ms), 1 in flight", med("direct", "p99") * 1e3, med("gateway", "p99") * 1e3,
-         med("gateway", "p99") / med("direct", "p99")),
-        (f"calls/s, {args.concurrency} in flight", med("direct", "tput"), med("gateway", "tput"),
-         med("gateway", "tput") / med("direct", "tput")),
+        (
+            "latency p50 (ms), 1 in flight",
+            med("direct", "p50") * 1e3,
+            med("gateway", "p50") * 1e3,
+            med("gateway", "p50") / med("direct", "p50"),
+        ),
+        (
+            "latency p99 (ms), 1 in flight",
+            med("direct", "p99") * 1e3,
+            med("gateway", "p99") * 1e3,
+            med("gateway", "p99") / med("direct", "p99"),
+        ),
+        (
+            f"calls/s, {args.concurrency} in flight",
+            med("direct", "tput"),
+            med("gateway", "tput"),
+            med("gateway", "tput") / med("direct", "tput"),
+        ),
         ("first tools/list, 3 backends (ms)", cold_direct * 1e3, cold_gw * 1e3, cold_gw / cold_direct),
     ]
     lines = [

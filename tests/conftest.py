@@ -38,8 +38,13 @@ def toml_value(value: Any) -> str:
 
 def backend(name: str, *flags: str, **keys: Any) -> dict[str, Any]:
     """A [[backends]] entry running tests/servers/mcp_server.py with the given flags."""
-    entry: dict[str, Any] = {"name": name, "type": "stdio", "command": sys.executable,
-                             "args": [TEST_SERVER, "--name", name, *flags], "inherit_env": ["PYTHONPATH"]}
+    entry: dict[str, Any] = {
+        "name": name,
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [TEST_SERVER, "--name", name, *flags],
+        "inherit_env": ["PYTHONPATH"],
+    }
     entry.update(keys)
     return entry
 
@@ -47,8 +52,16 @@ def backend(name: str, *flags: str, **keys: Any) -> dict[str, Any]:
 def render_config(backends: Sequence[dict[str, Any]], extra: str = "", auth: str = "none") -> str:
     lines = []
     if auth == "none":
-        lines += ["[auth]", 'mode = "none"', 'anonymous_subject = "tester"', 'anonymous_roles = ["admin"]', "",
-                  "[rbac.roles.admin]", 'permissions = ["*"]', ""]
+        lines += [
+            "[auth]",
+            'mode = "none"',
+            'anonymous_subject = "tester"',
+            'anonymous_roles = ["admin"]',
+            "",
+            "[rbac.roles.admin]",
+            'permissions = ["*"]',
+            "",
+        ]
     lines.append(extra)
     for b in backends:
         lines.append("[[backends]]")
@@ -86,9 +99,18 @@ def gateway_env(tmp_path: Path, token: str | None = None, **extra: str) -> dict[
     return env
 
 
-def make_token(subject: str = "alice", roles: Sequence[str] = ("admin",), ttl: float = 3600, **kw: Any) -> str:
-    return mint_token(SECRET, subject=subject, roles=list(roles), ttl_secs=ttl, issuer="sentinel-gw",
-                      audience="sentinel-gw", **kw)
+def make_token(
+    subject: str = "alice", roles: Sequence[str] = ("admin",), ttl: float = 3600, **kw: Any
+) -> str:
+    return mint_token(
+        SECRET,
+        subject=subject,
+        roles=list(roles),
+        ttl_secs=ttl,
+        issuer="sentinel-gw",
+        audience="sentinel-gw",
+        **kw,
+    )
 
 
 @pytest.fixture
@@ -96,11 +118,21 @@ async def open_gateway(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start `sentinel-gw serve` as a real child process; closed (and checked) at teardown."""
     clients: list[StdioClient] = []
 
-    async def start(config: Path, *, token: str | None = None, initialize: bool = True,
-                    capabilities: dict[str, Any] | None = None, env: dict[str, str] | None = None,
-                    on_request: Any = None) -> StdioClient:
-        client = StdioClient([*GATEWAY, "serve", "--config", str(config)],
-                             env=env or gateway_env(tmp_path, token), on_request=on_request, stderr=None)
+    async def start(
+        config: Path,
+        *,
+        token: str | None = None,
+        initialize: bool = True,
+        capabilities: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+        on_request: Any = None,
+    ) -> StdioClient:
+        client = StdioClient(
+            [*GATEWAY, "serve", "--config", str(config)],
+            env=env or gateway_env(tmp_path, token),
+            on_request=on_request,
+            stderr=None,
+        )
         await client.start()
         clients.append(client)
         if initialize:

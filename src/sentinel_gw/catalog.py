@@ -103,7 +103,7 @@ class BackendLists:
     tools: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     resources: list[dict[str, Any]] = field(default_factory=list)
-    resourceTemplates: list[dict[str, Any]] = field(default_factory=list)  # noqa: N815 - MCP's key
+    resourceTemplates: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _valid_items(backend: str, kind: str, items: Iterable[Any], key: str) -> list[dict[str, Any]]:
@@ -147,8 +147,13 @@ class Catalog:
             for res in self.lists[b].resources:
                 uri = res["uri"]
                 if uri in by_uri:
-                    log.warning("resource %s offered by %s and %s; %s serves it", uri, by_uri[uri].backend, b,
-                                by_uri[uri].backend)
+                    log.warning(
+                        "resource %s offered by %s and %s; %s serves it",
+                        uri,
+                        by_uri[uri].backend,
+                        b,
+                        by_uri[uri].backend,
+                    )
                     continue
                 entry = ResourceEntry(uri, b, res)
                 by_uri[uri] = entry
@@ -193,12 +198,22 @@ class Catalog:
                     # Deterministic by config order: the earlier backend keeps the plain name.
                     alt = exposed_name(original, f"{prefix}_{b}" if prefix else b, self.name_budget)
                     if alt in taken:
-                        alt = exposed_name(f"{original}_{short_hash(b + ':' + original)}", prefix, self.name_budget)
-                    log.warning("%s name %r of backend %s collides with backend %s; exposed as %r",
-                                kind[:-1], original, b, taken[name], alt)
+                        alt = exposed_name(
+                            f"{original}_{short_hash(b + ':' + original)}", prefix, self.name_budget
+                        )
+                    log.warning(
+                        "%s name %r of backend %s collides with backend %s; exposed as %r",
+                        kind[:-1],
+                        original,
+                        b,
+                        taken[name],
+                        alt,
+                    )
                     name = alt
                 if name in taken:
-                    log.error("%s %r of backend %s cannot be given a unique name; skipped", kind[:-1], original, b)
+                    log.error(
+                        "%s %r of backend %s cannot be given a unique name; skipped", kind[:-1], original, b
+                    )
                     continue
                 taken[name] = b
                 definition = item if name == original else {**item, "name": name}

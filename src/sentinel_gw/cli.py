@@ -36,43 +36,66 @@ variables, which may also come from a .env file next to the config (or --env-fil
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", metavar="PATH", help="config file (default: see below)")
-    p.add_argument("--env-file", metavar="PATH",
-                   help="read environment variables from this file (default: .env next to the config)")
+    p.add_argument(
+        "--env-file",
+        metavar="PATH",
+        help="read environment variables from this file (default: .env next to the config)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sentinel-gw", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sentinel-gw",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"sentinel-gw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("serve", help="run the gateway as a stdio MCP server",
-                       description="Run the gateway on stdin/stdout for one MCP client. Logs go to stderr.")
+    p = sub.add_parser(
+        "serve",
+        help="run the gateway as a stdio MCP server",
+        description="Run the gateway on stdin/stdout for one MCP client. Logs go to stderr.",
+    )
     _add_config_args(p)
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="override gateway.log_level")
+    p.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override gateway.log_level"
+    )
 
-    p = sub.add_parser("check", help="validate a config file and print a summary",
-                       description="Validate the config (strictly) and the auth set-up; print backends, "
-                                   "roles and limits. Exit 2 with file, key and reason on error.")
+    p = sub.add_parser(
+        "check",
+        help="validate a config file and print a summary",
+        description="Validate the config (strictly) and the auth set-up; print backends, "
+        "roles and limits. Exit 2 with file, key and reason on error.",
+    )
     _add_config_args(p)
 
-    p = sub.add_parser("demo", help="run a scripted session through the gateway (no config needed)",
-                       description="Start the gateway on an embedded config in front of the demo MCP server "
-                                   "shipped in the package, drive a client session through it and print what "
-                                   "happened.")
+    p = sub.add_parser(
+        "demo",
+        help="run a scripted session through the gateway (no config needed)",
+        description="Start the gateway on an embedded config in front of the demo MCP server "
+        "shipped in the package, drive a client session through it and print what "
+        "happened.",
+    )
     p.add_argument("--verbose", action="store_true", help="also show the gateway's log lines")
 
-    p = sub.add_parser("token", help="mint a JWT signed with the configured secret",
-                       description="Mint an HS* token from the secret named by auth.secret_env.")
+    p = sub.add_parser(
+        "token",
+        help="mint a JWT signed with the configured secret",
+        description="Mint an HS* token from the secret named by auth.secret_env.",
+    )
     _add_config_args(p)
     p.add_argument("--sub", required=True, help="subject (who the token is for)")
     p.add_argument("--role", action="append", required=True, help="role (repeat for several)")
     p.add_argument("--ttl", default="8h", help="lifetime, e.g. 90s, 30m, 8h, 7d (default 8h)")
     p.add_argument("--tenant", help="optional tenant claim")
 
-    p = sub.add_parser("kill", help="disable a tool or backend on every gateway of this host",
-                       description="Edit the host-wide kill file (atomically). Gateways notice within a second.")
+    p = sub.add_parser(
+        "kill",
+        help="disable a tool or backend on every gateway of this host",
+        description="Edit the host-wide kill file (atomically). Gateways notice within a second.",
+    )
     _add_config_args(p)
     p.add_argument("kind", nargs="?", choices=["tool", "backend"])
     p.add_argument("name", nargs="?", help="exposed tool name or backend name (globs allowed)")
@@ -171,8 +194,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     auth = config.auth
     hmac_algs = [a for a in auth.algorithms if a.startswith("HS")]
     if not hmac_algs:
-        return _fail("token minting needs an HS* algorithm in auth.algorithms (asymmetric keys are minted "
-                     "by your identity provider)")
+        return _fail(
+            "token minting needs an HS* algorithm in auth.algorithms (asymmetric keys are minted "
+            "by your identity provider)"
+        )
     secret = environ.get(auth.secret_env, "")
     if not secret:
         return _fail(f"the signing secret is not set: export {auth.secret_env} (or put it in .env)")
@@ -180,9 +205,19 @@ def cmd_token(args: argparse.Namespace) -> int:
         ttl = parse_duration(args.ttl)
     except ValueError as exc:
         return _fail(str(exc))
-    print(mint_token(secret, subject=args.sub, roles=args.role, ttl_secs=ttl, issuer=auth.issuer,
-                     audience=auth.audience, algorithm=hmac_algs[0], tenant=args.tenant,
-                     roles_claim=auth.roles_claim))
+    print(
+        mint_token(
+            secret,
+            subject=args.sub,
+            roles=args.role,
+            ttl_secs=ttl,
+            issuer=auth.issuer,
+            audience=auth.audience,
+            algorithm=hmac_algs[0],
+            tenant=args.tenant,
+            roles_claim=auth.roles_claim,
+        )
+    )
     return EXIT_OK
 
 
@@ -212,7 +247,9 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(f"kill file: {path}")
         for kind, table in (("tool", state.tools), ("backend", state.backends)):
             for name, info in sorted(table.items()):
-                print(f"  {kind:7} {name:30} {info.get('reason', '')}  ({info.get('by', '?')}, {info.get('at', '?')})")
+                print(
+                    f"  {kind:7} {name:30} {info.get('reason', '')}  ({info.get('by', '?')}, {info.get('at', '?')})"
+                )
         if not state.tools and not state.backends:
             print("  nothing is killed")
         return EXIT_OK
@@ -249,8 +286,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except json.JSONDecodeError as exc:
         return _fail(f"--args is not valid JSON: {exc}")
-    lines, allowed = explain(config, environ, roles=args.role, token=args.token, tool=args.tool,
-                             backend=args.backend, arguments=arguments)
+    lines, allowed = explain(
+        config,
+        environ,
+        roles=args.role,
+        token=args.token,
+        tool=args.tool,
+        backend=args.backend,
+        arguments=arguments,
+    )
     print("\n".join(lines))
     return EXIT_OK if allowed else EXIT_ERROR
 

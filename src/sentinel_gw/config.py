@@ -142,7 +142,8 @@ _BOUNDS: Mapping[type, Mapping[str, tuple[_Bound, ...]]] = {
         "max_token_lifetime_secs": ((">=", 0),),
     },
     LimitConfig: {
-        "requests": ((">=", 0),),
+        # 0 would refuse every call: that is the kill switch's job, with a reason attached.
+        "requests": ((">=", 1),),
         "window_secs": ((">", 0),),
         "burst": ((">=", 0),),
     },
@@ -595,6 +596,15 @@ def _check_config(cfg: Config, errs: _Errors) -> None:
             )
         else:
             first_index[b.name] = i
+    if cfg.rate_limits.algorithm == "sliding_window":
+        # An exact sliding window keeps one timestamp per admitted call; bound its memory.
+        limits = [("rate_limits.default", cfg.rate_limits.default), ("rate_limits.subject", cfg.rate_limits.subject)]
+        limits += [(_key("rate_limits.tools", k), v) for k, v in cfg.rate_limits.tools.items()]
+        limits += [(_key("rate_limits.roles", k), v) for k, v in cfg.rate_limits.roles.items()]
+        for key, lim in limits:
+            if lim is not None and lim.requests > 100_000:
+                errs.add(key + ".requests", "at most 100000 with algorithm = \"sliding_window\" "
+                         "(use token_bucket for higher rates)")
     for role in cfg.rate_limits.roles:
         if role not in cfg.rbac.roles:
             errs.add(_key("rate_limits.roles", role), _unknown_role(role, cfg.rbac))

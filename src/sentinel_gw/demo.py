@@ -13,8 +13,8 @@ import os
 import secrets
 import sys
 import tempfile
-import time
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +117,15 @@ class Demo:
         self.failures = 0
 
     def token(self, subject: str, roles: list[str], ttl: float = 3600, now: float | None = None) -> str:
-        return mint_token(self.secret, subject=subject, roles=roles, ttl_secs=ttl, issuer="sentinel-demo",
-                          audience="sentinel-demo", now=now)
+        return mint_token(
+            self.secret,
+            subject=subject,
+            roles=roles,
+            ttl_secs=ttl,
+            issuer="sentinel-demo",
+            audience="sentinel-demo",
+            now=now,
+        )
 
     def env(self, token: str | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH", "TMPDIR")}
@@ -129,8 +136,11 @@ class Demo:
         return env
 
     async def gateway(self, token: str | None) -> StdioClient:
-        client = StdioClient([*self_command(), "serve", "--config", str(self.config)], env=self.env(token),
-                             stderr=None if self.verbose else asyncio.subprocess.DEVNULL)
+        client = StdioClient(
+            [*self_command(), "serve", "--config", str(self.config)],
+            env=self.env(token),
+            stderr=None if self.verbose else asyncio.subprocess.DEVNULL,
+        )
         await client.start()
         return client
 
@@ -168,15 +178,31 @@ class Demo:
             await viewer.close()
 
         p.section("Bad tokens never reach a backend")
-        for label, token in (("expired token", self.token("carol", ["developer"], ttl=600, now=time.time() - 3600)),
-                             ("token signed with another secret",
-                              mint_token("x" * 48, subject="eve", roles=["admin"], ttl_secs=60,
-                                         issuer="sentinel-demo", audience="sentinel-demo")),
-                             ("no token at all", None)):
+        for label, token in (
+            ("expired token", self.token("carol", ["developer"], ttl=600, now=time.time() - 3600)),
+            (
+                "token signed with another secret",
+                mint_token(
+                    "x" * 48,
+                    subject="eve",
+                    roles=["admin"],
+                    ttl_secs=60,
+                    issuer="sentinel-demo",
+                    audience="sentinel-demo",
+                ),
+            ),
+            ("no token at all", None),
+        ):
             proc = await asyncio.create_subprocess_exec(
-                *self_command(), "serve", "--config", str(self.config), env=self.env(token),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE)
+                *self_command(),
+                "serve",
+                "--config",
+                str(self.config),
+                env=self.env(token),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
             _, err = await proc.communicate()
             p.got(f"{label}: exit {proc.returncode}: {err.decode().strip().splitlines()[-1]}")
             self.expect(proc.returncode == 2, f"{label} refused at start")
@@ -192,8 +218,10 @@ class Demo:
         p = self.p
         init = await dev.initialize(capabilities={}, client_name="demo-client")
         p.sent("initialize (protocol 2025-11-25)")
-        p.got(f"{init['serverInfo']['name']} {init['serverInfo']['version']}, protocol {init['protocolVersion']}, "
-              f"capabilities {sorted(init['capabilities'])}")
+        p.got(
+            f"{init['serverInfo']['name']} {init['serverInfo']['version']}, protocol {init['protocolVersion']}, "
+            f"capabilities {sorted(init['capabilities'])}"
+        )
 
         p.section("Aggregated tools from both backends (names prefixed per backend where configured)")
         tools = (await dev.request("tools/list"))["tools"]
@@ -203,17 +231,23 @@ class Demo:
         self.expect(not any("delete" in n for n in names), "denied tools hidden")
 
         p.section("Calls are routed to the right backend under the backend's own tool name")
-        for name, args in (("echo", {"message": "hello through the gateway"}), ("notes_add", {"a": 2, "b": 40})):
+        for name, args in (
+            ("echo", {"message": "hello through the gateway"}),
+            ("notes_add", {"a": 2, "b": 40}),
+        ):
             res = await dev.request("tools/call", {"name": name, "arguments": args})
             p.sent(f"tools/call {name} {json.dumps(args)}")
             p.got(_text(res))
 
         p.section("Progress notifications are relayed with the client's own token")
         seen: list[Any] = []
-        dev.on_notification = lambda m: seen.append(m["params"].get("progress")) \
-            if m.get("method") == "notifications/progress" else None
-        res = await dev.request("tools/call", {"name": "countdown", "arguments": {"seconds": 3},
-                                               "_meta": {"progressToken": "demo-progress"}})
+        dev.on_notification = lambda m: (
+            seen.append(m["params"].get("progress")) if m.get("method") == "notifications/progress" else None
+        )
+        res = await dev.request(
+            "tools/call",
+            {"name": "countdown", "arguments": {"seconds": 3}, "_meta": {"progressToken": "demo-progress"}},
+        )
         p.got(f"{len(seen)} progress notifications {seen}, then: {_text(res)}")
 
         p.section("Resources, prompts and completions pass through too")
@@ -250,8 +284,9 @@ class Demo:
 
         p.section("Kill switch: an operator disables a tool on every gateway of the host")
         changed = asyncio.Event()
-        dev.on_notification = lambda m: changed.set() if m.get("method") == "notifications/tools/list_changed" \
-            else None
+        dev.on_notification = lambda m: (
+            changed.set() if m.get("method") == "notifications/tools/list_changed" else None
+        )
         kill(self.tmp / "killswitch.json", "tool", "echo", "incident #42", "demo-operator")
         p.sent("sentinel-gw kill tool echo --reason 'incident #42'")
         try:

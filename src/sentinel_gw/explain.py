@@ -25,8 +25,16 @@ def _locate(config: Config, tool: str, backend: str | None) -> tuple[str, str] |
     return None
 
 
-def explain(config: Config, environ: Mapping[str, str], *, roles: Sequence[str] | None, token: str | None,
-            tool: str, backend: str | None, arguments: Any) -> tuple[list[str], bool]:
+def explain(
+    config: Config,
+    environ: Mapping[str, str],
+    *,
+    roles: Sequence[str] | None,
+    token: str | None,
+    tool: str,
+    backend: str | None,
+    arguments: Any,
+) -> tuple[list[str], bool]:
     lines: list[str] = []
     engine = PolicyEngine(config, environ=environ)
     if token is not None:
@@ -45,7 +53,9 @@ def explain(config: Config, environ: Mapping[str, str], *, roles: Sequence[str] 
     backend_name, original = where
     lines.append(f"2. routing: {tool!r} -> backend {backend_name!r}, tool {original!r}")
     allowed = True
-    reason = engine.killswitch.tool_killed(tool, backend_name, original) or engine.backend_killed(backend_name)
+    reason = engine.killswitch.tool_killed(tool, backend_name, original) or engine.backend_killed(
+        backend_name
+    )
     lines.append(f"3. kill switch: {'DENY (' + reason + ')' if reason else 'ALLOW'}")
     allowed &= reason is None
     view = engine.rbac.view(identity.roles)
@@ -59,7 +69,9 @@ def explain(config: Config, environ: Mapping[str, str], *, roles: Sequence[str] 
         lines.append("6. arguments: DENY (arguments must be a JSON object)")
         allowed = False
     else:
-        lines.append("6. arguments: validated against the tool's inputSchema at call time "
-                     "(the schema comes from the running backend)")
+        lines.append(
+            "6. arguments: validated against the tool's inputSchema at call time "
+            "(the schema comes from the running backend)"
+        )
     lines.append(f"=> {'ALLOWED' if allowed else 'DENIED'}")
     return lines, allowed

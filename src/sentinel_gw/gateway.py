@@ -49,8 +49,9 @@ CallObserver = Callable[[dict[str, Any]], None]
 
 
 class Gateway:
-    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None,
-                 policy: PolicyEngine | None = None) -> None:
+    def __init__(
+        self, config: Config, *, environ: Mapping[str, str] | None = None, policy: PolicyEngine | None = None
+    ) -> None:
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
         self.policy = policy or PolicyEngine(config, environ=self.environ)
@@ -93,8 +94,13 @@ class Gateway:
         self.started_at = time.monotonic()
         self.policy.start_watching(self.policy_changed)
         for cfg in self.config.backends:
-            backend = StdioBackend(cfg, self, environ=self.environ, base_dir=self.config.base_dir,
-                                   max_message_bytes=self.config.gateway.max_message_bytes)
+            backend = StdioBackend(
+                cfg,
+                self,
+                environ=self.environ,
+                base_dir=self.config.base_dir,
+                max_message_bytes=self.config.gateway.max_message_bytes,
+            )
             self.backends[cfg.name] = backend
             self._lists_ready[cfg.name] = asyncio.Event()
             self._ready_deadline[cfg.name] = self.started_at + cfg.startup_timeout_secs
@@ -160,12 +166,23 @@ class Gateway:
             return
         req_id = message["id"]
         if req_id in session.in_flight:
-            session.send(jsonrpc.error(req_id, jsonrpc.INVALID_REQUEST,
-                                       f"Invalid Request: id {req_id!r} is already in use by a pending request"))
+            session.send(
+                jsonrpc.error(
+                    req_id,
+                    jsonrpc.INVALID_REQUEST,
+                    f"Invalid Request: id {req_id!r} is already in use by a pending request",
+                )
+            )
             return
         if len(session.in_flight) >= self.config.gateway.max_in_flight_per_session:
-            session.send(jsonrpc.error(req_id, jsonrpc.RATE_LIMITED, "Too many requests in flight; retry shortly",
-                                       {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1}))
+            session.send(
+                jsonrpc.error(
+                    req_id,
+                    jsonrpc.RATE_LIMITED,
+                    "Too many requests in flight; retry shortly",
+                    {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1},
+                )
+            )
             return
         task = asyncio.create_task(self._run_request(session, message))
         session.in_flight[req_id] = task
@@ -187,8 +204,10 @@ class Gateway:
             if handler is None:
                 raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
             if session.state == "new" and method != "ping":
-                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_REQUEST,
-                                           "Invalid Request: the session is not initialized; send initialize first")
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INVALID_REQUEST,
+                    "Invalid Request: the session is not initialized; send initialize first",
+                )
             if method != "ping":
                 self.policy.check_identity(session.identity)
             return jsonrpc.result(req_id, await handler(session, params))
@@ -202,8 +221,13 @@ class Gateway:
 
     async def _batch(self, session: Session, batch: list[Any]) -> None:
         if session.protocol_version != BATCH_VERSION:
-            session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
-                                       "Invalid Request: batches are only allowed in protocol 2025-03-26"))
+            session.send(
+                jsonrpc.error(
+                    None,
+                    jsonrpc.INVALID_REQUEST,
+                    "Invalid Request: batches are only allowed in protocol 2025-03-26",
+                )
+            )
             return
         if not batch:
             session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch"))
@@ -218,8 +242,15 @@ class Gateway:
             elif "id" not in item:
                 self._notification(session, item["method"], item.get("params") or {})
             elif item.get("method") == "initialize":
-                replies.append(_const(jsonrpc.error(item["id"], jsonrpc.INVALID_REQUEST,
-                                                    "Invalid Request: initialize must not be batched")))
+                replies.append(
+                    _const(
+                        jsonrpc.error(
+                            item["id"],
+                            jsonrpc.INVALID_REQUEST,
+                            "Invalid Request: initialize must not be batched",
+                        )
+                    )
+                )
             else:
                 replies.append(self.handle_request(session, item))
         results = [r for r in await asyncio.gather(*replies) if r is not None]
@@ -243,20 +274,28 @@ class Gateway:
 
     def _initialize(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         if session.state != "new":
-            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_REQUEST, "Invalid Request: the session is already initialized")
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_REQUEST, "Invalid Request: the session is already initialized"
+            )
         version = params.get("protocolVersion")
         caps = params.get("capabilities")
         info = params.get("clientInfo")
         if not isinstance(version, str) or not isinstance(caps, dict):
-            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS,
-                                       "Invalid params: initialize needs protocolVersion and capabilities")
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_PARAMS, "Invalid params: initialize needs protocolVersion and capabilities"
+            )
         session.protocol_version = negotiate_version(version)
         session.client_capabilities = caps
         session.client_info = info if isinstance(info, dict) else {}
         session.state = "initialized"
         self.set_upstream_capabilities(caps)
-        log.info("session %s: client %s initialized (protocol %s, subject %s)", session.id,
-                 session.client_name or "?", session.protocol_version, session.identity.subject)
+        log.info(
+            "session %s: client %s initialized (protocol %s, subject %s)",
+            session.id,
+            session.client_name or "?",
+            session.protocol_version,
+            session.identity.subject,
+        )
         result: dict[str, Any] = {
             "protocolVersion": session.protocol_version,
             "capabilities": self.capabilities(),
@@ -318,14 +357,17 @@ class Gateway:
         if waits:
             await asyncio.gather(*waits, return_exceptions=True)
 
-    def _page(self, method: str, items: list[dict[str, Any]], params: dict[str, Any],
-              view: CatalogView) -> dict[str, Any]:
+    def _page(
+        self, method: str, items: list[dict[str, Any]], params: dict[str, Any], view: CatalogView
+    ) -> dict[str, Any]:
         size = self.config.gateway.page_size
         offset = 0
         if "cursor" in params and params["cursor"] is not None:
             payload = self.cursors.decode(params["cursor"])
             if payload is None or payload.get("m") != method or not isinstance(payload.get("o"), int):
-                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: unknown or expired cursor")
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INVALID_PARAMS, "Invalid params: unknown or expired cursor"
+                )
             offset = payload["o"]
         page: dict[str, Any] = {LIST_METHODS[method]: items[offset : offset + size]}
         if offset + size < len(items):
@@ -348,15 +390,21 @@ class Gateway:
     async def _list_resources(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         await self.wait_for_backends()
         view = self.catalog.view
-        items = [dict(r.definition) for r in view.resources
-                 if self.policy.resource_visible(session.identity, r.uri, r.backend)]
+        items = [
+            dict(r.definition)
+            for r in view.resources
+            if self.policy.resource_visible(session.identity, r.uri, r.backend)
+        ]
         return self._page("resources/list", items, params, view)
 
     async def _list_templates(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         await self.wait_for_backends()
         view = self.catalog.view
-        items = [dict(t.definition) for t in view.templates
-                 if self.policy.resource_visible(session.identity, t.template, t.backend)]
+        items = [
+            dict(t.definition)
+            for t in view.templates
+            if self.policy.resource_visible(session.identity, t.template, t.backend)
+        ]
         return self._page("resources/templates/list", items, params, view)
 
     # -- calls ---------------------------------------------------------------------------------
@@ -367,7 +415,9 @@ class Gateway:
             raise BackendError(name, "unavailable", f"Backend '{name}' is not available")
         return backend
 
-    def _progress_relay(self, session: Session, params: dict[str, Any]) -> Callable[[dict[str, Any]], None] | None:
+    def _progress_relay(
+        self, session: Session, params: dict[str, Any]
+    ) -> Callable[[dict[str, Any]], None] | None:
         meta = params.get("_meta")
         if not isinstance(meta, dict) or "progressToken" not in meta:
             return None
@@ -378,27 +428,46 @@ class Gateway:
 
         return relay
 
-    async def _forward(self, session: Session, backend_name: str, method: str, params: dict[str, Any],
-                       timeout: float | None = None) -> dict[str, Any]:
+    async def _forward(
+        self,
+        session: Session,
+        backend_name: str,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         backend = self._backend_for(backend_name)
         session.backend_calls[backend_name] = session.backend_calls.get(backend_name, 0) + 1
         try:
-            return await backend.request(method, params, timeout=timeout,
-                                         on_progress=self._progress_relay(session, params))
+            return await backend.request(
+                method, params, timeout=timeout, on_progress=self._progress_relay(session, params)
+            )
         finally:
             session.backend_calls[backend_name] -= 1
 
     async def _call_tool(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         started = time.monotonic()
         name = params.get("name")
-        record: dict[str, Any] = {"session": session, "method": "tools/call", "tool": name, "params": params,
-                                  "status": "error", "error": None, "backend": None, "original": None}
+        record: dict[str, Any] = {
+            "session": session,
+            "method": "tools/call",
+            "tool": name,
+            "params": params,
+            "status": "error",
+            "error": None,
+            "backend": None,
+            "original": None,
+        }
         try:
             if not isinstance(name, str):
-                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a string name")
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a string name"
+                )
             arguments = params.get("arguments")
             if arguments is not None and not isinstance(arguments, dict):
-                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: arguments must be an object")
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INVALID_PARAMS, "Invalid params: arguments must be an object"
+                )
             entry = await self._visible_tool(session, name)
             record["backend"], record["original"] = entry.backend, entry.original
             self.policy.authorize_tool_call(session.identity, entry, arguments or {})
@@ -437,7 +506,9 @@ class Gateway:
     async def _get_prompt(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
         if not isinstance(name, str):
-            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name")
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name"
+            )
         await self.wait_for_backends()
         entry = self.catalog.view.prompt_by_name.get(name)
         if entry is None or not self.policy.prompt_visible(session.identity, entry):
@@ -470,8 +541,9 @@ class Gateway:
         backend = self._resource_owner(session, uri)
         self.policy.authorize_resource_read(session.identity, str(uri), backend)
         if not self._backend_for(backend).capabilities.get("resources", {}).get("subscribe"):
-            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND,
-                                       "Resource subscriptions are not supported for this resource")
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.METHOD_NOT_FOUND, "Resource subscriptions are not supported for this resource"
+            )
         key = (backend, str(uri))
         subs = self._subscribers.setdefault(key, set())
         if not subs:
@@ -527,8 +599,9 @@ class Gateway:
     async def _set_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         level = params.get("level")
         if level not in LOG_LEVEL_RANK:
-            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS,
-                                       f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}")
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}"
+            )
         session.log_level = level
         await self._push_log_level()
         return {}
@@ -571,8 +644,9 @@ class Gateway:
             self._lists_ready[backend.name].set()
         else:  # it restarts: callers may wait for it as they did at startup
             cfg = backend.cfg
-            self._ready_deadline[backend.name] = time.monotonic() + cfg.restart.backoff_max_secs + \
-                cfg.startup_timeout_secs
+            self._ready_deadline[backend.name] = (
+                time.monotonic() + cfg.restart.backoff_max_secs + cfg.startup_timeout_secs
+            )
             self._lists_ready[backend.name].clear()
 
     async def _refresh(self, backend: StdioBackend, kinds: tuple[str, ...]) -> None:
@@ -580,7 +654,9 @@ class Gateway:
         for kind in kinds:
             if kind not in caps:
                 continue
-            methods = ["resources/list", "resources/templates/list"] if kind == "resources" else [f"{kind}/list"]
+            methods = (
+                ["resources/list", "resources/templates/list"] if kind == "resources" else [f"{kind}/list"]
+            )
             for method in methods:
                 try:
                     items = await self._drain(backend, method)
@@ -613,7 +689,9 @@ class Gateway:
         return items[:MAX_UPSTREAM_ITEMS]
 
     def _rebuild(self) -> None:
-        visible = [b.name for b in self.backends.values() if b.ready and not self.policy.backend_killed(b.name)]
+        visible = [
+            b.name for b in self.backends.values() if b.ready and not self.policy.backend_killed(b.name)
+        ]
         _, changed = self.catalog.rebuild(visible)
         for kind in sorted(changed):
             self._broadcast_list_changed(kind)
@@ -630,8 +708,11 @@ class Gateway:
             self._broadcast_list_changed(kind)
 
     def backend_notification(self, backend: Any, method: str, params: dict[str, Any]) -> None:
-        if method in ("notifications/tools/list_changed", "notifications/prompts/list_changed",
-                      "notifications/resources/list_changed"):
+        if method in (
+            "notifications/tools/list_changed",
+            "notifications/prompts/list_changed",
+            "notifications/resources/list_changed",
+        ):
             kind = method.split("/")[1]
             self._schedule_refresh(backend, kind)
         elif method == "notifications/resources/updated":
@@ -691,7 +772,8 @@ class Gateway:
         if len(capable) != 1:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.METHOD_NOT_FOUND,
-                f"The client does not support {capability}" if not capable
+                f"The client does not support {capability}"
+                if not capable
                 else f"Cannot tell which client a {capability} request is for",
             )
         return capable[0]
@@ -705,9 +787,14 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         return {
-            name: {"state": b.state.value, "pid": b.pid, "restarts": b.restarts, "last_error": b.last_error,
-                   "in_flight": b.in_flight(), "tools": len(self.catalog.lists.get(name).tools)
-                   if name in self.catalog.lists else 0}
+            name: {
+                "state": b.state.value,
+                "pid": b.pid,
+                "restarts": b.restarts,
+                "last_error": b.last_error,
+                "in_flight": b.in_flight(),
+                "tools": len(self.catalog.lists.get(name).tools) if name in self.catalog.lists else 0,
+            }
             for name, b in self.backends.items()
         }
 

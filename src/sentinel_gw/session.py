@@ -10,11 +10,13 @@ from typing import Any
 from sentinel_gw.policy.identity import Identity
 from sentinel_gw.protocol import jsonrpc
 
+
 class Session:
     """Front-agnostic: a front creates it with a `send` function that queues one message."""
 
-    def __init__(self, identity: Identity, send: Callable[[dict[str, Any] | list[Any]], None], *,
-                 transport: str) -> None:
+    def __init__(
+        self, identity: Identity, send: Callable[[dict[str, Any] | list[Any]], None], *, transport: str
+    ) -> None:
         self.id = secrets.token_hex(8)
         self.identity = identity
         self.transport = transport
@@ -73,8 +75,11 @@ class Session:
             return False
         if "error" in message:
             err = message["error"]
-            fut.set_exception(jsonrpc.JsonRpcError(err.get("code", jsonrpc.INTERNAL_ERROR),
-                                                   str(err.get("message", "")), err.get("data")))
+            fut.set_exception(
+                jsonrpc.JsonRpcError(
+                    err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")), err.get("data")
+                )
+            )
         else:
             res = message.get("result")
             fut.set_result(res if isinstance(res, dict) else {})

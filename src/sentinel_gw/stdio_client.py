@@ -44,10 +44,15 @@ def self_command() -> list[str]:
 
 
 class StdioClient:
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                 on_notification: Callable[[dict[str, Any]], None] | None = None,
-                 on_request: Callable[[str, dict[str, Any]], Any] | None = None,
-                 stderr: int | None = asyncio.subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        on_notification: Callable[[dict[str, Any]], None] | None = None,
+        on_request: Callable[[str, dict[str, Any]], Any] | None = None,
+        stderr: int | None = asyncio.subprocess.DEVNULL,
+    ) -> None:
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
         self.on_notification = on_notification
@@ -62,8 +67,13 @@ class StdioClient:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=self.stderr,
-            env=self.env, limit=1 << 24)
+            *self.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=self.stderr,
+            env=self.env,
+            limit=1 << 24,
+        )
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -111,8 +121,9 @@ class StdioClient:
         assert self.proc is not None and self.proc.stdin is not None
         self.proc.stdin.write(jsonrpc.encode(message))
 
-    async def request_raw(self, method: str, params: dict[str, Any] | None = None,
-                          timeout: float = 30.0) -> dict[str, Any]:
+    async def request_raw(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         self._next += 1
         req_id = self._next
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -132,13 +143,17 @@ class StdioClient:
     def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         self.send(jsonrpc.notification(method, params))
 
-    async def initialize(self, capabilities: dict[str, Any] | None = None,
-                         client_name: str = "sentinel-gw-client") -> dict[str, Any]:
-        result = await self.request("initialize", {
-            "protocolVersion": LATEST_HANDSHAKE,
-            "capabilities": capabilities or {},
-            "clientInfo": {"name": client_name, "version": __version__},
-        })
+    async def initialize(
+        self, capabilities: dict[str, Any] | None = None, client_name: str = "sentinel-gw-client"
+    ) -> dict[str, Any]:
+        result = await self.request(
+            "initialize",
+            {
+                "protocolVersion": LATEST_HANDSHAKE,
+                "capabilities": capabilities or {},
+                "clientInfo": {"name": client_name, "version": __version__},
+            },
+        )
         self.notify("notifications/initialized")
         return result
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel_gw.stdio_client import RpcError, StdioClient
+from sentinel_gw.stdio_client import StdioClient
 from tests.conftest import GATEWAY, backend, gateway_env
 
 
@@ -50,8 +50,10 @@ async def backend_pids(gw: StdioClient, names: list[str]) -> dict[str, int]:
 async def test_handshake_and_version_negotiation(make_config, open_gateway):
     cfg = make_config([backend("a")])
     gw = await open_gateway(cfg, initialize=False)
-    res = await gw.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
-                                          "clientInfo": {"name": "t", "version": "1"}})
+    res = await gw.request(
+        "initialize",
+        {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    )
     assert res["protocolVersion"] == "2025-06-18"
     assert res["serverInfo"]["name"] == "sentinel-gw"
     assert res["capabilities"]["tools"] == {"listChanged": True}
@@ -74,10 +76,16 @@ async def test_lifecycle_and_malformed_input(make_config, open_gateway):
     await gw.initialize()
     assert gw.proc and gw.proc.stdin
     # Garbage, bad envelopes and an oversized line: each answered, the gateway keeps going.
-    for raw in (b"{not json\n", b'{"jsonrpc":"1.0","id":7,"method":"ping"}\n', b'[]\n',
-                b'{"jsonrpc":"2.0","id":true,"method":"ping"}\n'):
+    for raw in (
+        b"{not json\n",
+        b'{"jsonrpc":"1.0","id":7,"method":"ping"}\n',
+        b"[]\n",
+        b'{"jsonrpc":"2.0","id":true,"method":"ping"}\n',
+    ):
         gw.proc.stdin.write(raw)
-    gw.proc.stdin.write(b'{"jsonrpc":"2.0","id":"big","method":"ping","params":{"x":"' + b"a" * 5_000_000 + b'"}}\n')
+    gw.proc.stdin.write(
+        b'{"jsonrpc":"2.0","id":"big","method":"ping","params":{"x":"' + b"a" * 5_000_000 + b'"}}\n'
+    )
     res = await gw.request("tools/list")
     assert any(t["name"] == "echo" for t in res["tools"])
     errors = [(m.get("id"), m["error"]["code"]) for m in gw.unmatched]
@@ -103,9 +111,17 @@ async def test_batches_only_in_2025_03_26(make_config, open_gateway, tmp_path):
         reader_dispatch(msg)
 
     gw._dispatch = capture  # type: ignore[method-assign]
-    gw.send([{"jsonrpc": "2.0", "id": "b1", "method": "ping"},  # type: ignore[arg-type]
-             {"jsonrpc": "2.0", "id": "b2", "method": "tools/call",
-              "params": {"name": "echo", "arguments": {"message": "batched"}}}])
+    gw.send(
+        [
+            {"jsonrpc": "2.0", "id": "b1", "method": "ping"},  # type: ignore[arg-type]
+            {
+                "jsonrpc": "2.0",
+                "id": "b2",
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"message": "batched"}},
+            },
+        ]
+    )
     first = await asyncio.wait_for(fut, 10)
     assert first["id"] in ("b1", "b2")
 
@@ -150,8 +166,14 @@ async def test_concurrency_slow_call_does_not_block(make_config, open_gateway):
 async def test_cancellation_reaches_backend(make_config, open_gateway, tmp_path):
     gw = await open_gateway(make_config([backend("a")]))
     assert gw.proc and gw.proc.stdin
-    gw.send({"jsonrpc": "2.0", "id": "c1", "method": "tools/call",
-             "params": {"name": "slow", "arguments": {"seconds": 30}}})
+    gw.send(
+        {
+            "jsonrpc": "2.0",
+            "id": "c1",
+            "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"seconds": 30}},
+        }
+    )
     await asyncio.sleep(0.3)
     gw.notify("notifications/cancelled", {"requestId": "c1", "reason": "user"})
     # No reply for a cancelled request; the gateway and backend stay usable.
@@ -162,8 +184,9 @@ async def test_cancellation_reaches_backend(make_config, open_gateway, tmp_path)
 
 async def test_progress_relayed_with_client_token(make_config, open_gateway):
     gw = await open_gateway(make_config([backend("a")]))
-    res = await gw.request("tools/call", {"name": "slow", "arguments": {"seconds": 0.3},
-                                          "_meta": {"progressToken": "tok-7"}})
+    res = await gw.request(
+        "tools/call", {"name": "slow", "arguments": {"seconds": 0.3}, "_meta": {"progressToken": "tok-7"}}
+    )
     assert res
     progress = [n["params"] for n in gw.notifications if n["method"] == "notifications/progress"]
     assert progress and all(p["progressToken"] == "tok-7" for p in progress)
@@ -193,11 +216,16 @@ async def test_crash_mid_call_fails_fast_and_restarts(make_config, open_gateway)
 
 
 async def test_crash_during_initialize_gives_up_others_serve(make_config, open_gateway):
-    cfg = make_config([
-        backend("good"),
-        backend("bad", "--crash-on-initialize", restart={"max_restarts": 2, "backoff_initial_secs": 0.05,
-                                                        "backoff_max_secs": 0.1}),
-    ])
+    cfg = make_config(
+        [
+            backend("good"),
+            backend(
+                "bad",
+                "--crash-on-initialize",
+                restart={"max_restarts": 2, "backoff_initial_secs": 0.05, "backoff_max_secs": 0.1},
+            ),
+        ]
+    )
     gw = await open_gateway(cfg)
     tools = [t["name"] for t in (await gw.request("tools/list"))["tools"]]
     assert "echo" in tools and not any(n.startswith("bad_") for n in tools)
@@ -205,8 +233,12 @@ async def test_crash_during_initialize_gives_up_others_serve(make_config, open_g
 
 
 async def test_hang_on_initialize_bounded_by_startup_timeout(make_config, open_gateway):
-    cfg = make_config([backend("good"), backend("hang", "--hang-on-initialize", startup_timeout_secs=1.0,
-                                                restart={"max_restarts": 0})])
+    cfg = make_config(
+        [
+            backend("good"),
+            backend("hang", "--hang-on-initialize", startup_timeout_secs=1.0, restart={"max_restarts": 0}),
+        ]
+    )
     gw = await open_gateway(cfg)
     res = await gw.request("tools/list", timeout=15)
     assert any(t["name"] == "echo" for t in res["tools"])
@@ -226,7 +258,9 @@ async def test_exit_before_reply(make_config, open_gateway):
     gw = await open_gateway(cfg)
     # initialize + tools/list (+ maybe other lists) consumed the budget; the next call finds it gone.
     for _ in range(3):
-        reply = await gw.request_raw("tools/call", {"name": "echo", "arguments": {"message": "m"}}, timeout=10)
+        reply = await gw.request_raw(
+            "tools/call", {"name": "echo", "arguments": {"message": "m"}}, timeout=10
+        )
         if "error" in reply:
             assert reply["error"]["code"] in (-32006, -32602)
             break
@@ -265,8 +299,10 @@ async def test_resources_prompts_completion(make_config, open_gateway):
     assert "greet" in prompts and "b_greet" in prompts
     got = await gw.request("prompts/get", {"name": "b_greet", "arguments": {"name": "Ada"}})
     assert "Ada" in json.dumps(got)
-    comp = await gw.request("completion/complete", {"ref": {"type": "ref/prompt", "name": "b_greet"},
-                                                    "argument": {"name": "name", "value": ""}})
+    comp = await gw.request(
+        "completion/complete",
+        {"ref": {"type": "ref/prompt", "name": "b_greet"}, "argument": {"name": "name", "value": ""}},
+    )
     assert isinstance(comp["completion"]["values"], list)
 
 
@@ -274,8 +310,9 @@ async def test_subscriptions_and_updates(make_config, open_gateway):
     gw = await open_gateway(make_config([backend("a")]))
     await gw.request("resources/subscribe", {"uri": "test://a/hello"})
     await gw.request("tools/call", {"name": "touch", "arguments": {"uri": "test://a/hello"}})
-    assert await wait_until(lambda: any(n["method"] == "notifications/resources/updated"
-                                        for n in gw.notifications), 5)
+    assert await wait_until(
+        lambda: any(n["method"] == "notifications/resources/updated" for n in gw.notifications), 5
+    )
     await gw.request("resources/unsubscribe", {"uri": "test://a/hello"})
 
 
@@ -336,8 +373,7 @@ async def test_list_changed_relisted(make_config, open_gateway):
 
 
 async def test_pagination_both_ways(make_config, open_gateway):
-    cfg = make_config([backend("a", "--tools", "25", "--page-size", "4")],
-                      extra="[gateway]\npage_size = 7\n")
+    cfg = make_config([backend("a", "--tools", "25", "--page-size", "4")], extra="[gateway]\npage_size = 7\n")
     gw = await open_gateway(cfg)
     seen: list[str] = []
     cursor = None
@@ -358,7 +394,9 @@ async def test_client_disconnect_cleans_up_children(make_config, tmp_path):
     await client.start()
     await client.initialize()
     pids = await backend_pids(client, ["a", "b"])
-    slow = asyncio.ensure_future(client.request_raw("tools/call", {"name": "slow", "arguments": {"seconds": 60}}))
+    slow = asyncio.ensure_future(
+        client.request_raw("tools/call", {"name": "slow", "arguments": {"seconds": 60}})
+    )
     await asyncio.sleep(0.3)
     rc = await client.close(timeout=20)
     slow.cancel()
@@ -383,8 +421,14 @@ async def test_gateway_signals_leave_no_orphans(make_config, tmp_path, sig):
 async def test_check_command_reports_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[gateway]\nnmae = "x"\n')
-    proc = await asyncio.create_subprocess_exec(*GATEWAY, "check", "--config", str(bad),
-                                                stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        "check",
+        "--config",
+        str(bad),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     _, err = await proc.communicate()
     assert proc.returncode == 2
     text = err.decode()

@@ -16,8 +16,11 @@ from tests.conftest import GATEWAY, backend, gateway_env, make_token
 
 
 def params(config: Path, tmp_path: Path, token: str | None = None) -> StdioServerParameters:
-    return StdioServerParameters(command=GATEWAY[0], args=[*GATEWAY[1:], "serve", "--config", str(config)],
-                                 env=gateway_env(tmp_path, token))
+    return StdioServerParameters(
+        command=GATEWAY[0],
+        args=[*GATEWAY[1:], "serve", "--config", str(config)],
+        env=gateway_env(tmp_path, token),
+    )
 
 
 async def test_every_method_through_the_gateway(make_config, tmp_path):
@@ -31,8 +34,9 @@ async def test_every_method_through_the_gateway(make_config, tmp_path):
 
     async def on_sampling(ctx, p: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         sampled.append(p.messages[0].content.text)  # type: ignore[union-attr]
-        return types.CreateMessageResult(role="assistant", content=types.TextContent(type="text", text="from sdk"),
-                                         model="test-model")
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="from sdk"), model="test-model"
+        )
 
     async def on_roots(ctx) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri="file:///project", name="project")])
@@ -43,9 +47,14 @@ async def test_every_method_through_the_gateway(make_config, tmp_path):
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    async with Client(params(cfg, tmp_path), mode="legacy", logging_callback=on_log,
-                      sampling_callback=on_sampling, list_roots_callback=on_roots,
-                      elicitation_callback=on_elicit) as client:
+    async with Client(
+        params(cfg, tmp_path),
+        mode="legacy",
+        logging_callback=on_log,
+        sampling_callback=on_sampling,
+        list_roots_callback=on_roots,
+        elicitation_callback=on_elicit,
+    ) as client:
         assert client.server_info is not None and client.server_info.name == "sentinel-gw"
         tools = (await client.list_tools()).tools
         names = {t.name for t in tools}
@@ -80,12 +89,14 @@ async def test_every_method_through_the_gateway(make_config, tmp_path):
         got = await client.get_prompt("b_greet", {"name": "Grace"})
         assert "Grace" in got.messages[0].content.text  # type: ignore[union-attr]
 
-        comp = await client.complete(types.PromptReference(type="ref/prompt", name="b_greet"),
-                                     {"name": "name", "value": "a"})
+        comp = await client.complete(
+            types.PromptReference(type="ref/prompt", name="b_greet"), {"name": "name", "value": "a"}
+        )
         assert comp.completion.values == ["alice"]
-        comp = await client.complete(types.ResourceTemplateReference(type="ref/resource",
-                                                                     uri="test://a/items/{id}"),
-                                     {"name": "id", "value": "4"})
+        comp = await client.complete(
+            types.ResourceTemplateReference(type="ref/resource", uri="test://a/items/{id}"),
+            {"name": "id", "value": "4"},
+        )
         assert comp.completion.values == ["42"]
 
         await client.set_logging_level("warning")
@@ -107,7 +118,9 @@ async def test_every_method_through_the_gateway(make_config, tmp_path):
             if logs:
                 break
             await asyncio.sleep(0.05)
-        assert logs and all(entry.level in ("warning", "error", "critical", "alert", "emergency") for entry in logs)
+        assert logs and all(
+            entry.level in ("warning", "error", "critical", "alert", "emergency") for entry in logs
+        )
 
 
 async def test_sdk_sees_policy(make_config, tmp_path):
@@ -182,8 +195,10 @@ def test_sdk_is_a_test_dependency_only():
     # `cryptography` when the optional `crypto` extra is installed; that is allowed).
     import subprocess
 
-    code = ("import sys, sentinel_gw.gateway, sentinel_gw.cli, sentinel_gw.fronts.stdio; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types', 'pydantic', 'anyio', "
-            "'psycopg', 'prometheus_client')]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, sentinel_gw.gateway, sentinel_gw.cli, sentinel_gw.fronts.stdio; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('mcp', 'mcp_types', 'pydantic', 'anyio', "
+        "'psycopg', 'prometheus_client')]; print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout

@@ -348,7 +348,7 @@ CROSS_FIELD = [
         "valid: tools.list tools.call resources.list resources.read prompts.list prompts.get completion *",
     ),
     # rate limits
-    ("[rate_limits.default]\nrequests = -1\n", "rate_limits.default.requests", "at least 0"),
+    ("[rate_limits.default]\nrequests = -1\n", "rate_limits.default.requests", "at least 1"),
     (
         "[rate_limits.subject]\nrequests = 1\nwindow_secs = 0\n",
         "rate_limits.subject.window_secs",
@@ -396,7 +396,7 @@ VALID = [
     "[auth]\nmode = 'none'\nalgorithms = ['PS256']\n",
     "[rbac.roles.'team.ops-1']\npermissions = ['tools.read', 'tools.execute', 'completion']\n",
     "[rbac.roles.a]\ninherits = ['b', 'c']\n[rbac.roles.b]\ninherits = ['c']\n[rbac.roles.c]\n",
-    "[rate_limits.roles.viewer]\nrequests = 0\n" + ROLES,
+    "[rate_limits.roles.viewer]\nrequests = 1\n" + ROLES,
     "[rate_limits.default]\nrequests = 10\n[rate_limits.subject]\nrequests = 100\nwindow_secs = 3600\n",
     "[audit]\nsinks = []\n",
     "[audit]\nsinks = ['sqlite', 'jsonl', 'postgres']\ntool_args = { a = 'full', b = 'none' }\n",

@@ -104,7 +104,12 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ),
     ("propnames-ok", {"propertyNames": {"maxLength": 3}}, {"abc": 1}, OK),
     ("propnames-bad", {"propertyNames": {"maxLength": 3}}, {"abcd": 1, "a": 1}, ("/abcd", "propertyNames")),
-    ("propnames-pattern", {"propertyNames": {"pattern": "^[a-z]+$"}}, {"ok": 1, "Bad": 2}, ("/Bad", "propertyNames")),
+    (
+        "propnames-pattern",
+        {"propertyNames": {"pattern": "^[a-z]+$"}},
+        {"ok": 1, "Bad": 2},
+        ("/Bad", "propertyNames"),
+    ),
     # --- min/maxProperties, dependentRequired, dependentSchemas -------------------------------
     ("minprops", {"minProperties": 1}, {}, ("", "minProperties")),
     ("maxprops", {"maxProperties": 1}, {"a": 1, "b": 2}, ("", "maxProperties")),
@@ -127,7 +132,12 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ),
     ("prefix-ok", {"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, ["a", 1, 2], OK),
     ("prefix-bad", {"prefixItems": [{"type": "string"}]}, [1], ("/0", "type")),
-    ("prefix-rest-bad", {"prefixItems": [{"type": "string"}], "items": {"type": "integer"}}, ["a", 1, "b"], ("/2", "type")),
+    (
+        "prefix-rest-bad",
+        {"prefixItems": [{"type": "string"}], "items": {"type": "integer"}},
+        ["a", 1, "b"],
+        ("/2", "type"),
+    ),
     ("prefix-items-false", {"prefixItems": [{}], "items": False}, [1, 2], ("/1", "items")),
     ("prefix-short", {"prefixItems": [{"type": "string"}, {"type": "string"}]}, ["a"], OK),
     ("contains-ok", {"contains": {"type": "string"}}, [1, "a"], OK),
@@ -142,7 +152,12 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ("unique-int-float", {"uniqueItems": True}, [1, 1.0], ("", "uniqueItems")),
     ("unique-bool-int", {"uniqueItems": True}, [1, True], OK),
     ("unique-false-0", {"uniqueItems": True}, [0, False], OK),
-    ("unique-objects", {"uniqueItems": True}, [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}], ("", "uniqueItems")),
+    (
+        "unique-objects",
+        {"uniqueItems": True},
+        [{"a": 1, "b": [2]}, {"b": [2.0], "a": 1}],
+        ("", "uniqueItems"),
+    ),
     ("unique-false-keyword", {"uniqueItems": False}, [1, 1], OK),
     # --- enum / const --------------------------------------------------------------------------
     ("enum-ok", {"enum": ["a", "b"]}, "b", OK),
@@ -218,8 +233,18 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ("not-ok", {"not": {"type": "string"}}, 1, OK),
     ("not-bad", {"not": {"type": "string"}}, "a", ("", "not")),
     ("if-then", {"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 3}}, 15, OK),
-    ("if-then-bad", {"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 3}}, 12, ("", "multipleOf")),
-    ("if-else-bad", {"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 3}}, 4, ("", "maximum")),
+    (
+        "if-then-bad",
+        {"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 3}},
+        12,
+        ("", "multipleOf"),
+    ),
+    (
+        "if-else-bad",
+        {"if": {"minimum": 10}, "then": {"multipleOf": 5}, "else": {"maximum": 3}},
+        4,
+        ("", "maximum"),
+    ),
     ("if-only", {"if": {"minimum": 10}}, 4, OK),
     (
         "if-object",
@@ -234,7 +259,12 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ("order-type-first", {"type": "string", "enum": [1], "not": {}}, 1, ("", "type")),
     ("order-enum-before-length", {"enum": ["abc"], "maxLength": 1}, "abcd", ("", "enum")),
     ("order-length-before-not", {"maxLength": 1, "not": {}}, "ab", ("", "maxLength")),
-    ("order-required-before-props", {"required": ["z"], "properties": {"a": {"type": "string"}}}, {"a": 1}, ("", "required")),
+    (
+        "order-required-before-props",
+        {"required": ["z"], "properties": {"a": {"type": "string"}}},
+        {"a": 1},
+        ("", "required"),
+    ),
     # --- boolean schemas -----------------------------------------------------------------------
     ("bool-true", True, {"anything": [1]}, OK),
     ("bool-false", False, {}, ("", "false")),
@@ -246,7 +276,12 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
     ("unknown-ignored", {"x-whatever": {"type": 5}, "description": "d", "title": "t", "default": 3}, 1, OK),
     # --- $ref ----------------------------------------------------------------------------------
     ("ref-defs", {"$defs": {"n": {"type": "integer"}}, "$ref": "#/$defs/n"}, "x", ("", "type")),
-    ("ref-definitions", {"definitions": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/definitions/n"}}}, {"a": 1}, OK),
+    (
+        "ref-definitions",
+        {"definitions": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/definitions/n"}}},
+        {"a": 1},
+        OK,
+    ),
     (
         "ref-definitions-bad",
         {"definitions": {"n": {"type": "integer"}}, "properties": {"a": {"$ref": "#/definitions/n"}}},
@@ -257,7 +292,11 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
         "ref-nested",
         {
             "$defs": {
-                "addr": {"type": "object", "properties": {"zip": {"$ref": "#/$defs/zip"}}, "required": ["zip"]},
+                "addr": {
+                    "type": "object",
+                    "properties": {"zip": {"$ref": "#/$defs/zip"}},
+                    "required": ["zip"],
+                },
                 "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
             },
             "properties": {"home": {"$ref": "#/$defs/addr"}},
@@ -265,13 +304,43 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
         {"home": {"zip": "1234"}},
         ("/home/zip", "pattern"),
     ),
-    ("ref-escaped", {"$defs": {"a/b": {"type": "string"}, "c~d": {"$ref": "#/$defs/a~1b"}}, "$ref": "#/$defs/c~0d"}, 1, ("", "type")),
+    (
+        "ref-escaped",
+        {"$defs": {"a/b": {"type": "string"}, "c~d": {"$ref": "#/$defs/a~1b"}}, "$ref": "#/$defs/c~0d"},
+        1,
+        ("", "type"),
+    ),
     ("ref-percent", {"$defs": {"a b": {"type": "string"}}, "$ref": "#/$defs/a%20b"}, 1, ("", "type")),
-    ("ref-to-property", {"properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}}}, {"b": 2}, ("/b", "type")),
-    ("ref-to-array-index", {"anyOf": [{"type": "object"}, {"type": "string"}], "properties": {"b": {"$ref": "#/anyOf/1"}}}, {"b": "x"}, OK),
-    ("ref-to-array-index-bad", {"anyOf": [{"type": "object"}, {"type": "string"}], "properties": {"b": {"$ref": "#/anyOf/1"}}}, {"b": 1}, ("/b", "type")),
-    ("ref-with-siblings", {"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 2}, "abc", ("", "maxLength")),
-    ("ref-root-recursive-ok", {"properties": {"next": {"$ref": "#"}, "v": {"type": "integer"}}}, {"v": 1, "next": {"v": 2, "next": {"v": 3}}}, OK),
+    (
+        "ref-to-property",
+        {"properties": {"a": {"type": "string"}, "b": {"$ref": "#/properties/a"}}},
+        {"b": 2},
+        ("/b", "type"),
+    ),
+    (
+        "ref-to-array-index",
+        {"anyOf": [{"type": "object"}, {"type": "string"}], "properties": {"b": {"$ref": "#/anyOf/1"}}},
+        {"b": "x"},
+        OK,
+    ),
+    (
+        "ref-to-array-index-bad",
+        {"anyOf": [{"type": "object"}, {"type": "string"}], "properties": {"b": {"$ref": "#/anyOf/1"}}},
+        {"b": 1},
+        ("/b", "type"),
+    ),
+    (
+        "ref-with-siblings",
+        {"$defs": {"s": {"type": "string"}}, "$ref": "#/$defs/s", "maxLength": 2},
+        "abc",
+        ("", "maxLength"),
+    ),
+    (
+        "ref-root-recursive-ok",
+        {"properties": {"next": {"$ref": "#"}, "v": {"type": "integer"}}},
+        {"v": 1, "next": {"v": 2, "next": {"v": 3}}},
+        OK,
+    ),
     (
         "ref-root-recursive-bad",
         {"properties": {"next": {"$ref": "#"}, "v": {"type": "integer"}}},
@@ -281,7 +350,9 @@ CASES: list[tuple[str, Any, Any, tuple[str, str] | None]] = [
 ]
 
 
-@pytest.mark.parametrize(("schema", "instance", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("schema", "instance", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_keyword(schema: Any, instance: Any, expected: tuple[str, str] | None) -> None:
     failure = compile_schema(schema).validate(instance)
     if expected is None:
@@ -317,8 +388,16 @@ def test_case_ids_unique() -> None:
         ({"uniqueItems": True}, [1, 2, 1], "items 0 and 2 are equal"),
         ({"additionalProperties": False}, {"zz": 1}, 'unexpected property "zz"'),
         ({"oneOf": [{}, {}]}, 1, "must match exactly one alternative, matches 0 and 1"),
-        ({"anyOf": [{"type": "string"}, {"type": "null"}]}, 1, "none of the 2 alternatives match; first: expected string, got integer"),
-        ({"properties": {"a": {"anyOf": [{"properties": {"b": {"type": "string"}}}]}}}, {"a": {"b": 1}}, "/b: expected string, got integer"),
+        (
+            {"anyOf": [{"type": "string"}, {"type": "null"}]},
+            1,
+            "none of the 2 alternatives match; first: expected string, got integer",
+        ),
+        (
+            {"properties": {"a": {"anyOf": [{"properties": {"b": {"type": "string"}}}]}}},
+            {"a": {"b": 1}},
+            "/b: expected string, got integer",
+        ),
     ],
 )
 def test_messages(schema: Any, instance: Any, message: str) -> None:
@@ -349,7 +428,13 @@ def test_messages_cap_echoed_values() -> None:
 
 def test_messages_do_not_echo_rejected_strings() -> None:
     secret = "sk-live-" + "s" * 200
-    for schema in ({"type": "integer"}, {"maxLength": 3}, {"pattern": "^a$"}, {"enum": ["a"]}, {"format": "x", "not": {}}):
+    for schema in (
+        {"type": "integer"},
+        {"maxLength": 3},
+        {"pattern": "^a$"},
+        {"enum": ["a"]},
+        {"format": "x", "not": {}},
+    ):
         failure = compile_schema(schema).validate(secret)
         assert failure is not None
         assert "sk-live" not in failure.message
@@ -395,7 +480,9 @@ def test_recursive_tree_valid() -> None:
 def test_recursive_tree_reports_deep_pointer() -> None:
     v = compile_schema(TREE)
     failure = v.validate(chain(3, leaf={"name": 5}))
-    assert failure == ValidationFailure("/children/0/children/0/children/0/name", "type", "expected string, got integer")
+    assert failure == ValidationFailure(
+        "/children/0/children/0/children/0/name", "type", "expected string, got integer"
+    )
 
 
 def test_recursive_tree_depth_limit() -> None:
@@ -466,7 +553,10 @@ def test_inplace_ref_cycles_rejected_at_compile(schema: Any) -> None:
 
 
 def test_ref_cycle_through_descent_is_fine() -> None:
-    schema = {"$defs": {"a": {"items": {"$ref": "#/$defs/b"}}, "b": {"items": {"$ref": "#/$defs/a"}}}, "$ref": "#/$defs/a"}
+    schema = {
+        "$defs": {"a": {"items": {"$ref": "#/$defs/b"}}, "b": {"items": {"$ref": "#/$defs/a"}}},
+        "$ref": "#/$defs/a",
+    }
     v = compile_schema(schema)
     assert v.validate([[[[]]]]) is None
 
@@ -566,7 +656,9 @@ def test_work_budget_combinatorial_schema() -> None:
     defs: dict[str, Any] = {"d0": {"type": "integer"}}
     for i in range(1, 31):
         below = {"$ref": f"#/$defs/d{i - 1}"}
-        defs[f"d{i}"] = {"anyOf": [{"allOf": [below, {"type": "string"}]}, {"allOf": [below, {"type": "null"}]}]}
+        defs[f"d{i}"] = {
+            "anyOf": [{"allOf": [below, {"type": "string"}]}, {"allOf": [below, {"type": "null"}]}]
+        }
     failure = compile_schema({"$defs": defs, "$ref": "#/$defs/d30"}).validate(1)
     assert failure is not None and failure.keyword == "budget"
 
@@ -584,14 +676,20 @@ def test_validator_is_reusable() -> None:
 
 def test_validate_arguments_missing_means_empty_object() -> None:
     v = compile_schema({"type": "object", "required": ["path"]})
-    assert validate_arguments(v, None) == ValidationFailure("", "required", 'missing required property "path"')
+    assert validate_arguments(v, None) == ValidationFailure(
+        "", "required", 'missing required property "path"'
+    )
     assert validate_arguments(compile_schema({"type": "object"}), None) is None
 
 
 def test_validate_arguments_requires_an_object() -> None:
     v = compile_schema({})
-    assert validate_arguments(v, [1]) == ValidationFailure("", "type", "arguments must be an object, got array")
-    assert validate_arguments(None, "x") == ValidationFailure("", "type", "arguments must be an object, got string")
+    assert validate_arguments(v, [1]) == ValidationFailure(
+        "", "type", "arguments must be an object, got array"
+    )
+    assert validate_arguments(None, "x") == ValidationFailure(
+        "", "type", "arguments must be an object, got string"
+    )
     assert validate_arguments(None, {"a": 1}) is None
 
 
@@ -653,7 +751,11 @@ PYDANTIC_SEARCH = {
     "$defs": {
         "Filters": {
             "properties": {
-                "language": {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None, "title": "Language"},
+                "language": {
+                    "anyOf": [{"type": "string"}, {"type": "null"}],
+                    "default": None,
+                    "title": "Language",
+                },
                 "since": {"anyOf": [{"format": "date", "type": "string"}, {"type": "null"}], "default": None},
                 "sort": {"enum": ["stars", "updated"], "title": "Sort", "type": "string", "default": "stars"},
             },
@@ -722,11 +824,36 @@ REAL_CASES: list[tuple[str, dict[str, Any], Any, tuple[str, str] | None]] = [
         ("/edits/0/regex", "additionalProperties"),
     ),
     ("fs-edit-dryrun-string", FS_EDIT_FILE, {"path": "a", "edits": [], "dryRun": "yes"}, ("/dryRun", "type")),
-    ("gh-ok", GITHUB_CREATE_ISSUE, {"owner": "o", "repo": "r", "title": "t", "labels": ["bug"], "type": "bug"}, OK),
-    ("gh-milestone-float", GITHUB_CREATE_ISSUE, {"owner": "o", "repo": "r", "title": "t", "milestone": 3.0}, OK),
-    ("gh-empty-title", GITHUB_CREATE_ISSUE, {"owner": "o", "repo": "r", "title": ""}, ("/title", "minLength")),
-    ("gh-bad-type", GITHUB_CREATE_ISSUE, {"owner": "o", "repo": "r", "title": "t", "type": "epic"}, ("/type", "enum")),
-    ("gh-bad-label", GITHUB_CREATE_ISSUE, {"owner": "o", "repo": "r", "title": "t", "labels": ["a", 2]}, ("/labels/1", "type")),
+    (
+        "gh-ok",
+        GITHUB_CREATE_ISSUE,
+        {"owner": "o", "repo": "r", "title": "t", "labels": ["bug"], "type": "bug"},
+        OK,
+    ),
+    (
+        "gh-milestone-float",
+        GITHUB_CREATE_ISSUE,
+        {"owner": "o", "repo": "r", "title": "t", "milestone": 3.0},
+        OK,
+    ),
+    (
+        "gh-empty-title",
+        GITHUB_CREATE_ISSUE,
+        {"owner": "o", "repo": "r", "title": ""},
+        ("/title", "minLength"),
+    ),
+    (
+        "gh-bad-type",
+        GITHUB_CREATE_ISSUE,
+        {"owner": "o", "repo": "r", "title": "t", "type": "epic"},
+        ("/type", "enum"),
+    ),
+    (
+        "gh-bad-label",
+        GITHUB_CREATE_ISSUE,
+        {"owner": "o", "repo": "r", "title": "t", "labels": ["a", 2]},
+        ("/labels/1", "type"),
+    ),
     (
         "gh-dup-assignee",
         GITHUB_CREATE_ISSUE,
@@ -743,11 +870,18 @@ REAL_CASES: list[tuple[str, dict[str, Any], Any, tuple[str, str] | None]] = [
     ("zod-table", ZOD_QUERY, {"target": {"kind": "table", "name": "t"}}, OK),
     ("zod-sql", ZOD_QUERY, {"target": {"kind": "sql", "sql": "select 1"}, "timeoutMs": 100}, OK),
     ("zod-mixed", ZOD_QUERY, {"target": {"kind": "sql", "name": "t"}}, ("/target", "anyOf")),
-    ("zod-timeout-zero", ZOD_QUERY, {"target": {"kind": "table", "name": "t"}, "timeoutMs": 0}, ("/timeoutMs", "exclusiveMinimum")),
+    (
+        "zod-timeout-zero",
+        ZOD_QUERY,
+        {"target": {"kind": "table", "name": "t"}, "timeoutMs": 0},
+        ("/timeoutMs", "exclusiveMinimum"),
+    ),
 ]
 
 
-@pytest.mark.parametrize(("schema", "instance", "expected"), [c[1:] for c in REAL_CASES], ids=[c[0] for c in REAL_CASES])
+@pytest.mark.parametrize(
+    ("schema", "instance", "expected"), [c[1:] for c in REAL_CASES], ids=[c[0] for c in REAL_CASES]
+)
 def test_real_world_schemas(schema: dict[str, Any], instance: Any, expected: tuple[str, str] | None) -> None:
     failure = validate_arguments(compile_schema(schema), instance)
     if expected is None:

@@ -72,9 +72,11 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
 
 
 class _Pending:
-    __slots__ = ("future", "method", "on_progress", "last_progress")
+    __slots__ = ("future", "last_progress", "method", "on_progress")
 
-    def __init__(self, future: asyncio.Future[dict[str, Any]], method: str, on_progress: ProgressCallback | None):
+    def __init__(
+        self, future: asyncio.Future[dict[str, Any]], method: str, on_progress: ProgressCallback | None
+    ):
         self.future = future
         self.method = method
         self.on_progress = on_progress
@@ -173,7 +175,9 @@ class StdioBackend:
         on_progress: ProgressCallback | None = None,
     ) -> dict[str, Any]:
         if not self._ready.is_set():
-            raise BackendError(self.name, "unavailable", f"Backend '{self.name}' is not available ({self.state.value})")
+            raise BackendError(
+                self.name, "unavailable", f"Backend '{self.name}' is not available ({self.state.value})"
+            )
         if len(self._pending) >= self.cfg.max_in_flight:
             raise BackendError(
                 self.name,
@@ -235,7 +239,9 @@ class StdioBackend:
     def _cancel_upstream(self, req_id: int, reason: str) -> None:
         if req_id in self._pending and self._ready.is_set():
             with contextlib.suppress(Exception):
-                self._write(jsonrpc.notification("notifications/cancelled", {"requestId": req_id, "reason": reason}))
+                self._write(
+                    jsonrpc.notification("notifications/cancelled", {"requestId": req_id, "reason": reason})
+                )
 
     def _write(self, message: dict[str, Any]) -> None:
         proc = self._proc
@@ -349,11 +355,13 @@ class StdioBackend:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # own process group: we can signal the whole tree
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
                 limit=_READ_CHUNK,
             )
         except OSError as exc:
-            raise SpawnError(f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}") from None
+            raise SpawnError(
+                f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}"
+            ) from None
         self.pid = self._proc.pid
         self._next_id = 0
         self._io_tasks = [
@@ -463,8 +471,12 @@ class StdioBackend:
                 return
             for line in splitter.feed(chunk):
                 if isinstance(line, TooLong):
-                    log.error("backend %s sent a %d-byte message (limit %d); dropped", self.name, line.size,
-                              self.max_message_bytes)
+                    log.error(
+                        "backend %s sent a %d-byte message (limit %d); dropped",
+                        self.name,
+                        line.size,
+                        self.max_message_bytes,
+                    )
                     continue
                 try:
                     message = jsonrpc.decode(line)
@@ -501,8 +513,9 @@ class StdioBackend:
             if "error" in message:
                 err = message["error"]
                 entry.future.set_exception(
-                    jsonrpc.JsonRpcError(err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")),
-                                         err.get("data"))
+                    jsonrpc.JsonRpcError(
+                        err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")), err.get("data")
+                    )
                 )
             else:
                 res = message.get("result")

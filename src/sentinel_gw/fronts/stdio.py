@@ -91,8 +91,9 @@ async def _chunks(stream: IO[bytes]) -> Any:
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
     except (ValueError, OSError):
         while True:
-            data = await loop.run_in_executor(None, stream.read1 if hasattr(stream, "read1") else stream.read,
-                                              _READ_CHUNK)
+            data = await loop.run_in_executor(
+                None, stream.read1 if hasattr(stream, "read1") else stream.read, _READ_CHUNK
+            )
             if not data:
                 return
             yield data
@@ -104,8 +105,9 @@ async def _chunks(stream: IO[bytes]) -> Any:
             yield data
 
 
-async def serve_stdio(gateway: Gateway, identity: Identity, *, stdin: IO[bytes] | None = None,
-                      stdout: IO[bytes] | None = None) -> int:
+async def serve_stdio(
+    gateway: Gateway, identity: Identity, *, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+) -> int:
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     writer = await _open_writer(stdout)
@@ -150,9 +152,15 @@ async def serve_stdio(gateway: Gateway, identity: Identity, *, stdin: IO[bytes] 
         async for chunk in _chunks(stdin):
             for line in splitter.feed(chunk):
                 if isinstance(line, TooLong):
-                    send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST,
-                                       f"Invalid Request: message of {line.size} bytes exceeds the limit of "
-                                       f"{max_bytes} bytes", {"reason": "message_too_large", "limit": max_bytes}))
+                    send(
+                        jsonrpc.error(
+                            None,
+                            jsonrpc.INVALID_REQUEST,
+                            f"Invalid Request: message of {line.size} bytes exceeds the limit of "
+                            f"{max_bytes} bytes",
+                            {"reason": "message_too_large", "limit": max_bytes},
+                        )
+                    )
                     continue
                 try:
                     message = jsonrpc.decode(line)

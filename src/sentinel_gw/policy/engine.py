@@ -57,7 +57,9 @@ class PolicyEngine:
             self.verifier = TokenVerifier.from_config(auth, environ=environ, base_dir=config.base_dir)
         self.rbac = Rbac.compile(config.rbac)
         self.limiter = RateLimiter(config.rate_limits)
-        kill_path = resolve_path(config.base_dir, config.kill_switch.file) or str(default_kill_file_path(environ))
+        kill_path = resolve_path(config.base_dir, config.kill_switch.file) or str(
+            default_kill_file_path(environ)
+        )
         self.kill_file = KillFile(kill_path)
         self.kill_file.poll()
         self.killswitch = KillSwitch(config.kill_switch, self.kill_file.state)
@@ -70,13 +72,16 @@ class PolicyEngine:
         """The stdio front has one caller: its token comes from the environment, checked now."""
         if self.verifier is None:
             log.warning(
-                "AUTHENTICATION IS OFF (auth.mode = \"none\"): every caller is %r with roles %s",
-                self.config.auth.anonymous_subject, list(self.config.auth.anonymous_roles) or "(none)",
+                'AUTHENTICATION IS OFF (auth.mode = "none"): every caller is %r with roles %s',
+                self.config.auth.anonymous_subject,
+                list(self.config.auth.anonymous_roles) or "(none)",
             )
             return anonymous_identity(self.config.auth)
         token = self.environ.get(self.config.auth.token_env, "").strip()
         if not token:
-            raise AuthError("missing_token", f"no token: set {self.config.auth.token_env} to the caller's JWT")
+            raise AuthError(
+                "missing_token", f"no token: set {self.config.auth.token_env} to the caller's JWT"
+            )
         return self.verifier.verify(token)
 
     def authenticate(self, token: str) -> Identity:
@@ -89,11 +94,19 @@ class PolicyEngine:
         if self.verifier is None:
             return
         if identity.expired(self.clock(), self.config.auth.leeway_secs):
-            raise Refusal("denied", jsonrpc.UNAUTHENTICATED, "Authentication failed: token expired",
-                          {"reason": "expired"})
+            raise Refusal(
+                "denied",
+                jsonrpc.UNAUTHENTICATED,
+                "Authentication failed: token expired",
+                {"reason": "expired"},
+            )
         if identity.token_id and self.verifier.is_revoked(identity.token_id):
-            raise Refusal("denied", jsonrpc.UNAUTHENTICATED, "Authentication failed: token revoked",
-                          {"reason": "revoked"})
+            raise Refusal(
+                "denied",
+                jsonrpc.UNAUTHENTICATED,
+                "Authentication failed: token revoked",
+                {"reason": "revoked"},
+            )
 
     # -- visibility ----------------------------------------------------------------------------
 
@@ -103,8 +116,10 @@ class PolicyEngine:
 
     def tool_listed(self, identity: Identity, entry: Entry) -> bool:
         """Listed = visible and not killed."""
-        return (self.tool_visible(identity, entry)
-                and self.killswitch.tool_killed(entry.exposed, entry.backend, entry.original) is None)
+        return (
+            self.tool_visible(identity, entry)
+            and self.killswitch.tool_killed(entry.exposed, entry.backend, entry.original) is None
+        )
 
     def prompt_visible(self, identity: Identity, entry: Entry) -> bool:
         return self.rbac.view(identity.roles).prompt_visible(entry.exposed, entry.backend, entry.original)
@@ -121,12 +136,20 @@ class PolicyEngine:
         """Kill switch, RBAC, rate limit, argument validation: in that order (DESIGN.md)."""
         reason = self.killswitch.tool_killed(entry.exposed, entry.backend, entry.original)
         if reason is not None:
-            raise Refusal("killed", jsonrpc.KILLED, f"Tool is disabled: {entry.exposed} ({reason})",
-                          {"reason": "killed", "detail": reason})
+            raise Refusal(
+                "killed",
+                jsonrpc.KILLED,
+                f"Tool is disabled: {entry.exposed} ({reason})",
+                {"reason": "killed", "detail": reason},
+            )
         view = self.rbac.view(identity.roles)
         if not view.tool_callable(entry.exposed, entry.backend, entry.original):
-            raise Refusal("denied", jsonrpc.PERMISSION_DENIED, f"Permission denied for tool: {entry.exposed}",
-                          {"reason": "permission_denied"})
+            raise Refusal(
+                "denied",
+                jsonrpc.PERMISSION_DENIED,
+                f"Permission denied for tool: {entry.exposed}",
+                {"reason": "permission_denied"},
+            )
         # Peek first so a refused caller costs no validation; consume only once validation passed,
         # so a call refused for its arguments never spends the caller's rate limit.
         self._rate_limit(identity, entry, consume=False)
@@ -135,22 +158,30 @@ class PolicyEngine:
             failure = validator.validate(dict(arguments))
             if failure is not None:
                 where = failure.pointer or "/"
-                raise Refusal("invalid_args", jsonrpc.INVALID_PARAMS,
-                              f"Invalid arguments for tool {entry.exposed}: {failure.message} at {where}",
-                              {"reason": "invalid_arguments", "pointer": failure.pointer,
-                               "keyword": failure.keyword})
+                raise Refusal(
+                    "invalid_args",
+                    jsonrpc.INVALID_PARAMS,
+                    f"Invalid arguments for tool {entry.exposed}: {failure.message} at {where}",
+                    {"reason": "invalid_arguments", "pointer": failure.pointer, "keyword": failure.keyword},
+                )
         self._rate_limit(identity, entry, consume=True)
 
     def _rate_limit(self, identity: Identity, entry: Entry, *, consume: bool) -> None:
-        decision = self.limiter.check(identity.subject, identity.roles, entry.exposed, now=time.monotonic(),
-                                      consume=consume)
+        decision = self.limiter.check(
+            identity.subject, identity.roles, entry.exposed, now=time.monotonic(), consume=consume
+        )
         if not decision.allowed:
             ms = decision.retry_after_ms
             raise Refusal(
-                "rate_limited", jsonrpc.RATE_LIMITED,
+                "rate_limited",
+                jsonrpc.RATE_LIMITED,
                 f"Rate limit exceeded for tool: {entry.exposed}; retry in {ms / 1000:.1f} s",
-                {"reason": "rate_limited", "rule": decision.rule, "retry_after_ms": ms,
-                 "retryAfter": max(1, -(-ms // 1000))},
+                {
+                    "reason": "rate_limited",
+                    "rule": decision.rule,
+                    "retry_after_ms": ms,
+                    "retryAfter": max(1, -(-ms // 1000)),
+                },
             )
 
     def _validator(self, entry: Entry) -> Validator | None:
@@ -172,20 +203,32 @@ class PolicyEngine:
 
     def authorize_prompt_get(self, identity: Identity, entry: Entry) -> None:
         if not self.rbac.view(identity.roles).prompt_gettable(entry.exposed, entry.backend, entry.original):
-            raise Refusal("denied", jsonrpc.PERMISSION_DENIED, f"Permission denied for prompt: {entry.exposed}",
-                          {"reason": "permission_denied"})
+            raise Refusal(
+                "denied",
+                jsonrpc.PERMISSION_DENIED,
+                f"Permission denied for prompt: {entry.exposed}",
+                {"reason": "permission_denied"},
+            )
 
     def authorize_resource_read(self, identity: Identity, uri: str, backend: str) -> None:
         if self.killswitch.backend_killed(backend) is not None:
             raise Refusal("killed", jsonrpc.RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri})
         if not self.rbac.view(identity.roles).resource_readable(uri, backend):
-            raise Refusal("denied", jsonrpc.PERMISSION_DENIED, "Permission denied for resource",
-                          {"reason": "permission_denied", "uri": uri})
+            raise Refusal(
+                "denied",
+                jsonrpc.PERMISSION_DENIED,
+                "Permission denied for resource",
+                {"reason": "permission_denied", "uri": uri},
+            )
 
     def authorize_completion(self, identity: Identity) -> None:
         if not self.rbac.view(identity.roles).completion_allowed():
-            raise Refusal("denied", jsonrpc.PERMISSION_DENIED, "Permission denied for completion",
-                          {"reason": "permission_denied"})
+            raise Refusal(
+                "denied",
+                jsonrpc.PERMISSION_DENIED,
+                "Permission denied for completion",
+                {"reason": "permission_denied"},
+            )
 
     # -- kill file watching --------------------------------------------------------------------
 

@@ -321,7 +321,8 @@ class RateLimiter:
                 if w > wait:
                     wait, rule = w, _SUBJECT_RULE
         if wait > 0.0:
-            return LimitDecision(False, max(1, math.ceil(wait * 1000.0)), rule)
+            # the slack (0.1 ns, below _EPS) keeps float noise such as 59800.000000000004 from adding 1 ms
+            return LimitDecision(False, max(1, math.ceil(wait * 1000.0 - 1e-7)), rule)
         if not consume:
             return ALLOWED
         if chosen is not None:

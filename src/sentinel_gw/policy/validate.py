@@ -181,7 +181,7 @@ def _show(value: object) -> str:
     if isinstance(value, Mapping):
         return "object"
     if isinstance(value, (list, tuple)):
-        return _cap("[" + ", ".join(_show(v) for v in list(value)[:10]) + "]")
+        return _cap("[" + ", ".join(_show(v) for v in value[:10]) + "]")
     return _cap(type(value).__name__)
 
 
@@ -701,6 +701,9 @@ class _Compiler:
             cell = self.cells.setdefault(target, [_accept])
 
             def ref(inst: object, d: int, ctx: _Ctx, cell: list[_Check] = cell) -> _Fail | None:
+                ctx.budget -= 1
+                if ctx.budget < 0:
+                    return _budget_fail()
                 return cell[0](inst, d, ctx)
 
             out.append(ref)
@@ -931,6 +934,9 @@ def _unique_check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
 
 def _prefix_check(prefix: tuple[_Check, ...]) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= len(prefix)
+        if ctx.budget < 0:
+            return _budget_fail()
         items: list[object] = inst  # type: ignore[assignment]
         d1 = d + 1
         for i, fn in enumerate(prefix[: len(items)]):
@@ -1020,6 +1026,9 @@ def _required_check(names: tuple[str, ...]) -> _Check:
 
 def _properties_check(props: tuple[tuple[str, _Check], ...]) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= len(props)
+        if ctx.budget < 0:
+            return _budget_fail()
         get = inst.get  # type: ignore[attr-defined]
         d1 = d + 1
         for name, fn in props:
@@ -1130,6 +1139,9 @@ def _dependent_required_check(deps: tuple[tuple[str, tuple[str, ...]], ...]) -> 
 
 def _dependent_schemas_check(deps: tuple[tuple[str, _Check], ...]) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= len(deps)
+        if ctx.budget < 0:
+            return _budget_fail()
         for name, fn in deps:
             if name in inst:  # type: ignore[operator]
                 f = fn(inst, d, ctx)
@@ -1142,6 +1154,9 @@ def _dependent_schemas_check(deps: tuple[tuple[str, _Check], ...]) -> _Check:
 
 def _all_of_check(branches: tuple[_Check, ...]) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= len(branches)
+        if ctx.budget < 0:
+            return _budget_fail()
         for fn in branches:
             f = fn(inst, d, ctx)
             if f is not None:
@@ -1155,6 +1170,9 @@ def _any_of_check(branches: tuple[_Check, ...]) -> _Check:
     n = len(branches)
 
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= n
+        if ctx.budget < 0:
+            return _budget_fail()
         first: _Fail | None = None
         for fn in branches:
             f = fn(inst, d, ctx)
@@ -1175,6 +1193,9 @@ def _one_of_check(branches: tuple[_Check, ...]) -> _Check:
     n = len(branches)
 
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= n
+        if ctx.budget < 0:
+            return _budget_fail()
         matched: list[int] = []
         first: _Fail | None = None
         for i, fn in enumerate(branches):
@@ -1199,6 +1220,9 @@ def _one_of_check(branches: tuple[_Check, ...]) -> _Check:
 
 def _not_check(fn: _Check) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= 1
+        if ctx.budget < 0:
+            return _budget_fail()
         f = fn(inst, d, ctx)
         if f is None:
             return _Fail("not", "must not match the schema in 'not'")
@@ -1209,6 +1233,9 @@ def _not_check(fn: _Check) -> _Check:
 
 def _if_check(cond: _Check, then: _Check | None, other: _Check | None) -> _Check:
     def check(inst: object, d: int, ctx: _Ctx) -> _Fail | None:
+        ctx.budget -= 1
+        if ctx.budget < 0:
+            return _budget_fail()
         f = cond(inst, d, ctx)
         if f is None:
             return then(inst, d, ctx) if then is not None else None

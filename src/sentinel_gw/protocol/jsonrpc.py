@@ -126,7 +126,8 @@ def check_message(message: Any) -> Invalid | None:
             return Invalid(None, JsonRpcError(INVALID_REQUEST, 'Invalid Request: "id" is not valid'))
         return None
     return Invalid(
-        readable_id(message), JsonRpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response")
+        readable_id(message),
+        JsonRpcError(INVALID_REQUEST, "Invalid Request: neither a request nor a response"),
     )
 
 

@@ -15,7 +15,16 @@ HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-11-25", "2025-06-18", "2025-03-26",
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
 BATCH_VERSION = "2025-03-26"  # the only revision in which JSON-RPC batches are allowed
 
-LOG_LEVELS: tuple[str, ...] = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+LOG_LEVELS: tuple[str, ...] = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
 LOG_LEVEL_RANK: dict[str, int] = {name: i for i, name in enumerate(LOG_LEVELS)}
 
 LIST_METHODS: dict[str, str] = {
