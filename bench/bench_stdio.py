@@ -50,7 +50,13 @@ def config_text(backends: int, tmp: Path) -> str:
         f'file = "{tmp / "kill.json"}"',
     ]
     for i in range(backends):
-        parts += ["[[backends]]", f'name = "echo{i}"', f'command = "{ECHO[0]}"', f'args = ["{ECHO[1]}"]']
+        parts += [
+            "[[backends]]",
+            f'name = "echo{i}"',
+            'type = "stdio"',
+            f'command = "{ECHO[0]}"',
+            f'args = ["{ECHO[1]}"]',
+        ]
         if i:
             parts.append(f'prefix = "e{i}"')
     return "\n".join(parts) + "\n"
@@ -165,7 +171,7 @@ async def main() -> None:
 
     def spread(name: str, key: str) -> str:
         vals = res[name][key]
-        return f"{min(vals):.4g}–{max(vals):.4g}"
+        return f"{min(vals):.4g}-{max(vals):.4g}"
 
     rows = [
         (
@@ -200,7 +206,8 @@ async def main() -> None:
         f"| gateway PSS idle, 3 backends (MiB) | | {pss_idle:.1f} | |",
         f"| gateway PSS after {args.rounds * args.calls * 3} calls (MiB) | | {pss_after:.1f} | |",
         "",
-        f"spread over rounds: direct p50 {spread('direct', 'p50')} s, gateway p50 {spread('gateway', 'p50')} s; "
+        f"spread over rounds: direct p50 {spread('direct', 'p50')} s, "
+        f"gateway p50 {spread('gateway', 'p50')} s; "
         f"cold start = the slowest backend's own start + {((cold_gw - cold_direct) * 1e3):.0f} ms",
     ]
     text = "\n".join(lines)
