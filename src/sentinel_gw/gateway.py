@@ -13,14 +13,15 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
-from sentinel_gw import __version__
+from sentinel_gw import __version__, observe
 from sentinel_gw.backends.base import BackendError, BackendState
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import Config
+from sentinel_gw.observe import CallRecord, Observer, current_request_id
 from sentinel_gw.policy.engine import PolicyEngine, Refusal
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.mcp import (
@@ -45,7 +46,11 @@ MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
-CallObserver = Callable[[dict[str, Any]], None]
+_BACKEND_STATUS = {
+    "timeout": observe.TIMEOUT,
+    "circuit_open": observe.CIRCUIT_OPEN,
+    "overloaded": observe.RATE_LIMITED,
+}
 
 
 class Gateway:
@@ -64,7 +69,7 @@ class Gateway:
         )
         self.cursors = CursorCodec(secrets.token_bytes(32))
         self.started_at = time.monotonic()
-        self.observers: list[CallObserver] = []
+        self.observers: list[Observer] = []
         self._lists_ready: dict[str, asyncio.Event] = {}
         self._ready_deadline: dict[str, float] = {}  # lists wait for a starting backend until then
         self._refresh_tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -189,6 +194,7 @@ class Gateway:
         task.add_done_callback(lambda _t: session.in_flight.pop(req_id, None))
 
     async def _run_request(self, session: Session, message: dict[str, Any]) -> None:
+        current_request_id.set(message["id"])  # this task's own context: audit records the client's id
         reply = await self.handle_request(session, message)
         if reply is not None:
             session.send(reply)
@@ -445,53 +451,64 @@ class Gateway:
         finally:
             session.backend_calls[backend_name] -= 1
 
-    async def _call_tool(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        started = time.monotonic()
-        name = params.get("name")
-        record: dict[str, Any] = {
-            "session": session,
-            "method": "tools/call",
-            "tool": name,
-            "params": params,
-            "status": "error",
-            "error": None,
-            "backend": None,
-            "original": None,
-        }
+    @contextlib.asynccontextmanager
+    async def _observed(
+        self, session: Session, method: str, name: Any, arguments: Any
+    ) -> AsyncIterator[CallRecord]:
+        """Times one call and reports its outcome (status, error, latency) to every observer."""
+        record = CallRecord(
+            session,
+            method,
+            name if isinstance(name, str) else None,
+            current_request_id.get(),
+            arguments,
+            time.monotonic(),
+        )
         try:
+            yield record
+            record.status = observe.SUCCESS
+        except Refusal as exc:
+            record.status, record.error = exc.status, exc.message
+            raise
+        except BackendError as exc:
+            record.status = _BACKEND_STATUS.get(exc.reason, observe.ERROR)
+            record.error = exc.message
+            raise
+        except jsonrpc.JsonRpcError as exc:
+            record.error = exc.message
+            raise
+        except asyncio.CancelledError:
+            record.status, record.error = observe.CANCELLED, "cancelled by client"
+            raise
+        finally:
+            record.latency_ms = (time.monotonic() - record.started) * 1000
+            for observer in self.observers:
+                observer.call_finished(record)
+
+    def event(self, kind: str, **detail: Any) -> None:
+        """A gateway event (startup, backend crashed, kill switch changed, ...) for audit and logs."""
+        for observer in self.observers:
+            observer.gateway_event(kind, detail)
+
+    async def _call_tool(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+        name = params.get("name")
+        arguments = params.get("arguments")
+        async with self._observed(session, "tools/call", name, arguments) as record:
             if not isinstance(name, str):
                 raise jsonrpc.JsonRpcError(
                     jsonrpc.INVALID_PARAMS, "Invalid params: tools/call needs a string name"
                 )
-            arguments = params.get("arguments")
             if arguments is not None and not isinstance(arguments, dict):
                 raise jsonrpc.JsonRpcError(
                     jsonrpc.INVALID_PARAMS, "Invalid params: arguments must be an object"
                 )
             entry = await self._visible_tool(session, name)
-            record["backend"], record["original"] = entry.backend, entry.original
+            record.backend, record.original = entry.backend, entry.original
             self.policy.authorize_tool_call(session.identity, entry, arguments or {})
-            upstream = {**params, "name": entry.original}
-            result = await self._forward(session, entry.backend, "tools/call", upstream)
-            record["status"] = "success"
-            return result
-        except Refusal as exc:
-            record["status"], record["error"] = exc.status, exc.message
-            raise
-        except BackendError as exc:
-            record["status"] = "timeout" if exc.reason == "timeout" else "error"
-            record["error"] = exc.message
-            raise
-        except jsonrpc.JsonRpcError as exc:
-            record["error"] = exc.message
-            raise
-        except asyncio.CancelledError:
-            record["status"], record["error"] = "cancelled", "cancelled by client"
-            raise
-        finally:
-            record["latency_ms"] = (time.monotonic() - started) * 1000
-            for observer in self.observers:
-                observer(record)
+            return await self._forward(
+                session, entry.backend, "tools/call", {**params, "name": entry.original}
+            )
+        raise AssertionError("unreachable")  # pragma: no cover - the context manager re-raises
 
     async def _visible_tool(self, session: Session, name: str) -> Entry:
         entry = self.catalog.view.tool_by_name.get(name)
@@ -505,16 +522,21 @@ class Gateway:
 
     async def _get_prompt(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
-        if not isinstance(name, str):
-            raise jsonrpc.JsonRpcError(
-                jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name"
+        async with self._observed(session, "prompts/get", name, params.get("arguments")) as record:
+            if not isinstance(name, str):
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name"
+                )
+            await self.wait_for_backends()
+            entry = self.catalog.view.prompt_by_name.get(name)
+            if entry is None or not self.policy.prompt_visible(session.identity, entry):
+                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
+            record.backend, record.original = entry.backend, entry.original
+            self.policy.authorize_prompt_get(session.identity, entry)
+            return await self._forward(
+                session, entry.backend, "prompts/get", {**params, "name": entry.original}
             )
-        await self.wait_for_backends()
-        entry = self.catalog.view.prompt_by_name.get(name)
-        if entry is None or not self.policy.prompt_visible(session.identity, entry):
-            raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
-        self.policy.authorize_prompt_get(session.identity, entry)
-        return await self._forward(session, entry.backend, "prompts/get", {**params, "name": entry.original})
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _resource_owner(self, session: Session, uri: object) -> str:
         if not isinstance(uri, str) or not uri:
@@ -529,11 +551,15 @@ class Gateway:
         return backend
 
     async def _read_resource(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        await self.wait_for_backends()
         uri = params.get("uri")
-        backend = self._resource_owner(session, uri)
-        self.policy.authorize_resource_read(session.identity, str(uri), backend)
-        return await self._forward(session, backend, "resources/read", params)
+        async with self._observed(session, "resources/read", uri, None) as record:
+            await self.wait_for_backends()
+            backend = self._resource_owner(session, uri)
+            record.backend = backend
+            record.original = str(uri)
+            self.policy.authorize_resource_read(session.identity, str(uri), backend)
+            return await self._forward(session, backend, "resources/read", params)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _subscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         await self.wait_for_backends()
