@@ -79,6 +79,32 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cafile: str = field(
+        default="", metadata=doc("PEM file of the CA(s) to trust instead of the system store; empty = system")
+    )
+    certfile: str = field(default="", metadata=doc("Client certificate (PEM) for mutual TLS"))
+    keyfile: str = field(default="", metadata=doc("Private key of `certfile`; empty = inside `certfile`"))
+    verify: bool = field(
+        default=True,
+        metadata=doc("false disables certificate verification (testing only: open to interception)"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failure_threshold: int = field(default=5, metadata=doc("Consecutive failures that open the circuit"))
+    failure_rate: float = field(
+        default=0.5, metadata=doc("Share of failed calls within `window_secs` that opens the circuit")
+    )
+    window_secs: float = field(default=60.0, metadata=doc("Window of the failure rate"))
+    min_calls: int = field(default=10, metadata=doc("Calls needed in the window before the rate counts"))
+    cooldown_secs: float = field(
+        default=30.0, metadata=doc("Time an open circuit fails fast before one probe is let through")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str = field(metadata=doc("Unique backend name, [A-Za-z0-9_-]"))
     type: Literal["stdio", "http"] = field(metadata=doc("`stdio` (a supervised child process) or `http`"))
@@ -95,7 +121,64 @@ class BackendConfig:
     inherit_env: tuple[str, ...] = field(
         default=(), metadata=doc("stdio: extra variables copied from the gateway's environment as they are")
     )
-    url: str = field(default="", metadata=doc("http: endpoint URL (reserved; HTTP backends come later)"))
+    url: str = field(
+        default="",
+        metadata=doc("http: the MCP endpoint URL (http:// or https://), used exactly as written"),
+    )
+    headers: Mapping[str, str] = field(
+        default_factory=_empty, metadata=doc("http: literal request headers (never secrets)")
+    )
+    headers_from_env: Mapping[str, str] = field(
+        default_factory=_empty,
+        metadata=doc(
+            "http: header -> name of a variable in the gateway's environment whose value is sent "
+            'verbatim (e.g. Authorization = "BACKEND_TOKEN" holding `Bearer ...`)'
+        ),
+    )
+    connect_timeout_secs: float = field(
+        default=10.0, metadata=doc("http: time allowed for one TCP connect plus TLS handshake")
+    )
+    transport: Literal["auto", "streamable", "sse"] = field(
+        default="auto",
+        metadata=doc(
+            "http: `streamable` (Streamable HTTP), `sse` (legacy 2024-11-05 HTTP+SSE) or `auto` "
+            "(Streamable HTTP, falling back to HTTP+SSE when the server does not speak it)"
+        ),
+    )
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata=doc("http: TLS settings (https URLs)"))
+    retries: int = field(
+        default=2,
+        metadata=doc(
+            "http: extra attempts after a transport error or 5xx, only for requests that are safe to "
+            "repeat (lists, reads, ping; tools/call only per `idempotent_tools`)"
+        ),
+    )
+    idempotent_tools: tuple[str, ...] = field(
+        default=(),
+        metadata=doc("http: original tool names whose calls may be retried (repeating them is harmless)"),
+    )
+    retry_idempotent_hint: bool = field(
+        default=False,
+        metadata=doc(
+            "http: also retry tools that declare `idempotentHint` or `readOnlyHint` (a server's claim)"
+        ),
+    )
+    tool_timeouts: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({}),
+        metadata=doc("Original tool name -> timeout in seconds, instead of `timeout_secs`"),
+    )
+    max_timeout_secs: float = field(
+        default=600.0,
+        metadata=doc(
+            "Progress notifications restart a request's timeout, but never beyond this many seconds"
+        ),
+    )
+    health_interval_secs: float = field(
+        default=30.0, metadata=doc("Seconds between health pings; 0 = no health checks")
+    )
+    breaker: BreakerConfig = field(
+        default_factory=BreakerConfig, metadata=doc("Circuit breaker of this backend")
+    )
     prefix: str = field(default="", metadata=doc("Exposed names become `<prefix>_<name>`; empty = none"))
     enabled: bool = field(default=True, metadata=doc("false keeps the entry but does not start it"))
     timeout_secs: float = field(default=60.0, metadata=doc("Per-request timeout"))

@@ -97,6 +97,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.started_at = time.monotonic()
+        self.event("startup", backends=[b.name for b in self.config.backends], config=self.config.source)
         self.policy.start_watching(self.policy_changed)
         for cfg in self.config.backends:
             backend = StdioBackend(
@@ -125,6 +126,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.event("shutdown")
         self.policy.stop_watching()
         self.set_upstream_capabilities({})  # release backends still waiting to handshake
         for task in list(self._refresh_tasks.values()) + list(self._background):
@@ -650,6 +652,11 @@ class Gateway:
         return [b for b in self.backends.values() if b.ready]
 
     def backend_ready(self, backend: Any) -> None:
+        self.event(
+            "backend_restarted" if backend.restarts else "backend_started",
+            backend=backend.name,
+            pid=backend.pid,
+        )
         self._spawn(self._on_backend_ready(backend))
 
     async def _on_backend_ready(self, backend: StdioBackend) -> None:
@@ -664,6 +671,12 @@ class Gateway:
             self._lists_ready[backend.name].set()
 
     def backend_down(self, backend: Any, reason: str) -> None:
+        self.event(
+            "backend_gave_up" if reason == "gave_up" else "backend_crashed",
+            backend=backend.name,
+            reason=reason,
+            error=backend.last_error,
+        )
         self.catalog.drop_backend(backend.name)
         self._rebuild()
         if reason == "gave_up":
@@ -729,6 +742,7 @@ class Gateway:
 
     def policy_changed(self) -> None:
         """Kill switch or policy changed: lists may look different to every client."""
+        self.event("kill_switch_changed", file=str(self.policy.kill_file.path))
         self._rebuild()
         for kind in LIST_CHANGED:
             self._broadcast_list_changed(kind)
