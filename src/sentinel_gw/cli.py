@@ -116,6 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", help="backend owning the tool (default: the part before the prefix)")
     p.add_argument("--args", default="{}", help="arguments as JSON (rate limits are peeked, not consumed)")
 
+    p = sub.add_parser(
+        "audit",
+        help="read and verify the audit trail",
+        description="Read the audit trail from the configured sink (sqlite by default).",
+    )
+    _add_config_args(p)
+    p.add_argument("--sink", help="which configured sink to read (default: the first readable one)")
+    audit_sub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    a = audit_sub.add_parser("tail", help="the last N events")
+    a.add_argument("-n", type=int, default=20)
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a = audit_sub.add_parser("query", help="events matching filters (newest last)")
+    a.add_argument("--subject")
+    a.add_argument("--tool", help="glob over exposed tool names")
+    a.add_argument("--status", help="success, error, timeout, denied, rate_limited, killed, ...")
+    a.add_argument("--since", help="15m, 2h, 7d or an ISO 8601 time")
+    a.add_argument("--limit", type=int, default=100)
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    audit_sub.add_parser("verify", help="check the hash chain (detects modified, deleted or moved rows)")
+    a = audit_sub.add_parser("export", help="every event as JSON lines")
+    a.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
     return parser
 
 
@@ -159,11 +180,21 @@ async def _serve(config, environ, policy, identity) -> int:  # type: ignore[no-u
     from sentinel_gw.gateway import Gateway
 
     gateway = Gateway(config, environ=environ, policy=policy)
+    audit = None
+    if config.audit.sinks:
+        from sentinel_gw.ops.audit import AuditLog
+        from sentinel_gw.ops.recorder import AuditRecorder
+
+        audit = AuditLog.from_config(config)
+        gateway.observers.append(AuditRecorder(audit, config.audit))
     try:
-        await gateway.start()
+        # Events emitted before the sinks are open are held, so opening never delays serving.
+        await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
         return await serve_stdio(gateway, identity)
     finally:
         await gateway.stop()
+        if audit is not None:
+            await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -247,9 +278,8 @@ def cmd_kill(args: argparse.Namespace) -> int:
         print(f"kill file: {path}")
         for kind, table in (("tool", state.tools), ("backend", state.backends)):
             for name, info in sorted(table.items()):
-                print(
-                    f"  {kind:7} {name:30} {info.get('reason', '')}  ({info.get('by', '?')}, {info.get('at', '?')})"
-                )
+                who = f"({info.get('by', '?')}, {info.get('at', '?')})"
+                print(f"  {kind:7} {name:30} {info.get('reason', '')}  {who}")
         if not state.tools and not state.backends:
             print("  nothing is killed")
         return EXIT_OK
@@ -299,6 +329,55 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return EXIT_OK if allowed else EXIT_ERROR
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sentinel_gw.config import ConfigError
+    from sentinel_gw.ops import audit
+
+    try:
+        _, _, config = _load(args)
+        sink = audit.open_sink_for_cli(config, name=args.sink)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    except audit.AuditError as exc:
+        return _fail(f"audit: {exc}", EXIT_ERROR)
+    action = args.audit_command
+    try:
+        if action in ("tail", "query"):
+            if action == "tail":
+                events = audit.tail(sink, args.n)
+            else:
+                events = audit.query(
+                    sink,
+                    subject=args.subject,
+                    tool=args.tool,
+                    status=args.status,
+                    since=args.since,
+                    limit=args.limit,
+                )
+            for event in events:
+                line = (
+                    json.dumps(event.to_dict(), ensure_ascii=False)
+                    if args.json
+                    else audit.format_event(event)
+                )
+                print(line)
+            return EXIT_OK
+        if action == "export":
+            count = audit.export_jsonl(sink, sys.stdout if args.output == "-" else args.output)
+            print(f"exported {count} events", file=sys.stderr)
+            return EXIT_OK
+        result = audit.verify(sink)
+        if result.ok:
+            extra = f"; {result.starts} chain starts" if result.starts > 1 else ""
+            print(f"audit chain OK: {result.checked} events verified{extra}")
+            return EXIT_OK
+        where = f"event {result.first_bad_id} (position {result.position})"
+        print(f"audit chain BROKEN at {where}: {result.reason}")
+        return EXIT_ERROR
+    except ValueError as exc:
+        return _fail(f"audit {action}: {exc}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sentinel_gw.demo import run_demo
 
@@ -313,6 +392,7 @@ COMMANDS = {
     "kill": cmd_kill,
     "revive": cmd_revive,
     "explain": cmd_explain,
+    "audit": cmd_audit,
 }
 
 

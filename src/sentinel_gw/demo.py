@@ -22,7 +22,7 @@ from sentinel_gw.policy.auth import mint_token
 from sentinel_gw.policy.killswitch import kill
 from sentinel_gw.stdio_client import RpcError, StdioClient, self_command
 
-SECRET_ENV = "SENTINEL_DEMO_SECRET"
+SECRET_ENV = "SENTINEL_DEMO_SECRET"  # noqa: S105 - a variable name, not a secret
 
 
 def demo_config(tmp: Path) -> str:
@@ -207,6 +207,9 @@ class Demo:
             p.got(f"{label}: exit {proc.returncode}: {err.decode().strip().splitlines()[-1]}")
             self.expect(proc.returncode == 2, f"{label} refused at start")
 
+        p.section("The audit trail: every call and refusal above, hash-chained (sqlite, next to the config)")
+        self.show_audit()
+
         print()
         if self.failures:
             print(f"demo finished with {self.failures} unexpected result(s)")
@@ -214,12 +217,30 @@ class Demo:
         print("demo finished: every step behaved as expected.")
         return 0
 
+    def show_audit(self) -> None:
+        from sentinel_gw.config import load_config
+        from sentinel_gw.ops import audit
+
+        sink = audit.open_sink_for_cli(load_config(self.config, environ=self.env(None)))
+        events = [e for e in audit.tail(sink, 200) if e.kind != "gateway"]
+        for event in events:
+            args = f" args={json.dumps(event.args)}" if event.args else ""
+            print(f"     {event.subject:6} {event.method:14} {event.tool or '':24} {event.status:12}{args}")
+        result = audit.verify(sink)
+        p = self.p
+        p.got(
+            f"sentinel-gw audit verify: {'OK' if result.ok else 'BROKEN'}, {result.checked} events "
+            f"(including gateway events: startup, backends started, kill switch change, shutdown)"
+        )
+        self.expect(result.ok and len(events) >= 10, "audit trail recorded and verified")
+
     async def developer_session(self, dev: StdioClient) -> None:
         p = self.p
         init = await dev.initialize(capabilities={}, client_name="demo-client")
         p.sent("initialize (protocol 2025-11-25)")
+        info = init["serverInfo"]
         p.got(
-            f"{init['serverInfo']['name']} {init['serverInfo']['version']}, protocol {init['protocolVersion']}, "
+            f"{info['name']} {info['version']}, protocol {init['protocolVersion']}, "
             f"capabilities {sorted(init['capabilities'])}"
         )
 

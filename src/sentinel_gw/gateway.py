@@ -653,7 +653,7 @@ class Gateway:
 
     def backend_ready(self, backend: Any) -> None:
         self.event(
-            "backend_restarted" if backend.restarts else "backend_started",
+            "backend.restarted" if backend.restarts else "backend.started",
             backend=backend.name,
             pid=backend.pid,
         )
@@ -672,7 +672,7 @@ class Gateway:
 
     def backend_down(self, backend: Any, reason: str) -> None:
         self.event(
-            "backend_gave_up" if reason == "gave_up" else "backend_crashed",
+            "backend.gave_up" if reason == "gave_up" else "backend.crashed",
             backend=backend.name,
             reason=reason,
             error=backend.last_error,
@@ -742,7 +742,7 @@ class Gateway:
 
     def policy_changed(self) -> None:
         """Kill switch or policy changed: lists may look different to every client."""
-        self.event("kill_switch_changed", file=str(self.policy.kill_file.path))
+        self.event("killswitch.change", file=str(self.policy.kill_file.path))
         self._rebuild()
         for kind in LIST_CHANGED:
             self._broadcast_list_changed(kind)

@@ -64,6 +64,7 @@ class StdioClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
         self._reader: asyncio.Task[None] | None = None
+        self._answers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -94,7 +95,9 @@ class StdioClient:
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         if "method" in msg and "id" in msg:
-            asyncio.ensure_future(self._answer(msg))
+            task = asyncio.ensure_future(self._answer(msg))
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
         elif "method" in msg:
             self.notifications.append(msg)
             if self.on_notification:

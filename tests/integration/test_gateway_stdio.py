@@ -105,9 +105,8 @@ async def test_batches_only_in_2025_03_26(make_config, open_gateway, tmp_path):
     reader_dispatch = gw._dispatch
 
     def capture(msg):
-        if isinstance(msg, dict) and msg.get("id") in ("b1", "b2"):
-            if not fut.done():
-                fut.set_result(msg)
+        if isinstance(msg, dict) and msg.get("id") in ("b1", "b2") and not fut.done():
+            fut.set_result(msg)
         reader_dispatch(msg)
 
     gw._dispatch = capture  # type: ignore[method-assign]

@@ -67,7 +67,7 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:
+    except Exception:  # noqa: S110 - best effort; nothing can be logged between fork and exec
         pass
 
 
@@ -342,7 +342,7 @@ class StdioBackend:
         cwd = self.cfg.cwd or None
         if cwd and not os.path.isabs(cwd):
             cwd = os.path.join(self.base_dir, cwd)
-        if cwd and not os.path.isdir(cwd):
+        if cwd and not os.path.isdir(cwd):  # noqa: ASYNC240 - one stat per (re)start
             raise SpawnError(f"backend '{self.name}': cwd does not exist: {cwd}")
         self.state = BackendState.STARTING if self.restarts == 0 else BackendState.RESTARTING
         try:

@@ -102,8 +102,8 @@ def is_valid_exposed_name(name: str) -> bool:
 def merge_instructions(header: str, parts: Iterable[tuple[str, str]], limit: int = 2048) -> str:
     """Backend instructions under their names, capped (Claude Code truncates at 2 KB)."""
     chunks = [header.strip()] if header.strip() else []
-    for name, text in parts:
-        text = text.strip()
+    for name, raw in parts:
+        text = raw.strip()
         if text:
             chunks.append(f"## {name}\n{text}")
     out = "\n\n".join(chunks)
