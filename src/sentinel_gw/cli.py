@@ -160,7 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel_gw.policy.engine import PolicyEngine
 
     try:
-        _, environ, config = _load(args)
+        path, environ, config = _load(args)
     except ConfigError as exc:
         return _fail(str(exc))
     setup_logging(args.log_level or config.gateway.log_level, config.gateway.log_format)
@@ -172,26 +172,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"{config.source}: auth: {exc}")
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}")
-    return asyncio.run(_serve(config, environ, policy, identity))
+    return asyncio.run(_serve(args, path, config, environ, policy=policy, identity=identity))
 
 
-async def _serve(config, environ, policy, identity) -> int:  # type: ignore[no-untyped-def]
+async def _serve(args, path, config, environ, *, policy, identity) -> int:  # type: ignore[no-untyped-def]
     from sentinel_gw.fronts.stdio import serve_stdio
     from sentinel_gw.gateway import Gateway
+    from sentinel_gw.logs import setup_logging
+    from sentinel_gw.ops.reload import Reloader, install_sighup
 
     gateway = Gateway(config, environ=environ, policy=policy)
-    audit = None
+    audit = recorder = None
     if config.audit.sinks:
         from sentinel_gw.ops.audit import AuditLog
         from sentinel_gw.ops.recorder import AuditRecorder
 
         audit = AuditLog.from_config(config)
-        gateway.observers.append(AuditRecorder(audit, config.audit))
+        recorder = AuditRecorder(audit, config.audit)
+        gateway.observers.append(recorder)
+
+    def applied() -> None:
+        setup_logging(args.log_level or gateway.config.gateway.log_level, gateway.config.gateway.log_format)
+        if recorder is not None:
+            recorder.cfg = gateway.config.audit  # redaction policy reloads; sinks need a restart
+
+    reloader = Reloader(gateway, path, args.env_file, os.environ, on_applied=applied)
+    install_sighup(reloader)
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
+        reloader.start()
         return await serve_stdio(gateway, identity)
     finally:
+        reloader.stop()
         await gateway.stop()
         if audit is not None:
             await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled

@@ -20,7 +20,7 @@ from sentinel_gw import __version__, observe
 from sentinel_gw.backends.base import BackendError, BackendState
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
-from sentinel_gw.config_schema import Config
+from sentinel_gw.config_schema import BackendConfig, Config
 from sentinel_gw.observe import CallRecord, Observer, current_request_id
 from sentinel_gw.policy.engine import PolicyEngine, Refusal
 from sentinel_gw.protocol import jsonrpc
@@ -95,24 +95,72 @@ class Gateway:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def _install_policy_hooks(self, policy: PolicyEngine) -> None:
+        policy.on_kill_change = lambda path: self.event("killswitch.change", file=str(path))
+        policy.start_watching(self.policy_changed)
+
     async def start(self) -> None:
         self.started_at = time.monotonic()
         self.event("startup", backends=[b.name for b in self.config.backends], config=self.config.source)
-        self.policy.start_watching(self.policy_changed)
+        self._install_policy_hooks(self.policy)
         for cfg in self.config.backends:
-            backend = StdioBackend(
-                cfg,
-                self,
-                environ=self.environ,
-                base_dir=self.config.base_dir,
-                max_message_bytes=self.config.gateway.max_message_bytes,
-            )
-            self.backends[cfg.name] = backend
-            self._lists_ready[cfg.name] = asyncio.Event()
-            self._ready_deadline[cfg.name] = self.started_at + cfg.startup_timeout_secs
-            if not cfg.enabled:
-                self._lists_ready[cfg.name].set()
+            self._add_backend(cfg)
         await asyncio.gather(*(b.start() for b in self.backends.values()))
+
+    def _add_backend(self, cfg: BackendConfig) -> StdioBackend:
+        backend = StdioBackend(
+            cfg,
+            self,
+            environ=self.environ,
+            base_dir=self.config.base_dir,
+            max_message_bytes=self.config.gateway.max_message_bytes,
+        )
+        self.backends[cfg.name] = backend
+        self._lists_ready[cfg.name] = asyncio.Event()
+        self._ready_deadline[cfg.name] = time.monotonic() + cfg.startup_timeout_secs
+        if not cfg.enabled:
+            self._lists_ready[cfg.name].set()
+        return backend
+
+    async def apply_config(self, config: Config, policy: PolicyEngine) -> dict[str, list[str]]:
+        """Swap in a validated snapshot: policy at once, backends added, removed or restarted.
+
+        Rate-limit state carries over for limits that did not change. Removed and changed
+        backends finish their in-flight calls (up to the shutdown grace) before they stop, so a
+        reload never drops a call.
+        """
+        old_policy = self.policy
+        old_policy.limiter.reconfigure(config.rate_limits)  # validated: the new engine built one already
+        policy.limiter = old_policy.limiter
+        old_policy.stop_watching()
+        self.policy = policy
+        old_backends = {b.name: b for b in self.config.backends}
+        new_backends = {b.name: b for b in config.backends}
+        self.config = config
+        self.environ = dict(policy.environ)
+        self.catalog.order = [b.name for b in config.backends]
+        self.catalog.prefixes = {b.name: b.prefix for b in config.backends}
+        removed = sorted(old_backends.keys() - new_backends.keys())
+        added = sorted(new_backends.keys() - old_backends.keys())
+        changed = sorted(
+            n for n in old_backends.keys() & new_backends.keys() if old_backends[n] != new_backends[n]
+        )
+        for name in removed + changed:
+            backend = self.backends.pop(name)
+            self.catalog.drop_backend(name)
+            self._lists_ready.pop(name, None)
+            self._spawn(self._retire(backend))
+        for name in added + changed:
+            await self._add_backend(new_backends[name]).start()
+        self._install_policy_hooks(policy)
+        self.policy_changed()
+        return {"added": added, "removed": removed, "restarted": changed}
+
+    async def _retire(self, backend: StdioBackend) -> None:
+        deadline = time.monotonic() + self.config.gateway.shutdown_grace_secs
+        while backend.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await backend.stop()
 
     def set_upstream_capabilities(self, client_caps: Mapping[str, Any] | None) -> None:
         """Backends are initialised with what the gateway can route back; known once a client says."""
@@ -217,6 +265,8 @@ class Gateway:
                     "Invalid Request: the session is not initialized; send initialize first",
                 )
             if method != "ping":
+                if session.auth_error:
+                    raise Refusal("denied", jsonrpc.UNAUTHENTICATED, session.auth_error, {"reason": "reload"})
                 self.policy.check_identity(session.identity)
             return jsonrpc.result(req_id, await handler(session, params))
         except jsonrpc.JsonRpcError as exc:
@@ -651,7 +701,13 @@ class Gateway:
     def _ready_backends(self) -> list[StdioBackend]:
         return [b for b in self.backends.values() if b.ready]
 
+    def _current(self, backend: Any) -> bool:
+        """Events from a backend retired by a reload are ignored."""
+        return self.backends.get(backend.name) is backend
+
     def backend_ready(self, backend: Any) -> None:
+        if not self._current(backend):
+            return
         self.event(
             "backend.restarted" if backend.restarts else "backend.started",
             backend=backend.name,
@@ -671,6 +727,8 @@ class Gateway:
             self._lists_ready[backend.name].set()
 
     def backend_down(self, backend: Any, reason: str) -> None:
+        if not self._current(backend):
+            return
         self.event(
             "backend.gave_up" if reason == "gave_up" else "backend.crashed",
             backend=backend.name,
@@ -742,7 +800,6 @@ class Gateway:
 
     def policy_changed(self) -> None:
         """Kill switch or policy changed: lists may look different to every client."""
-        self.event("killswitch.change", file=str(self.policy.kill_file.path))
         self._rebuild()
         for kind in LIST_CHANGED:
             self._broadcast_list_changed(kind)

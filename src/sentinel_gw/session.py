@@ -32,6 +32,7 @@ class Session:
         self._outbound: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_out = 0
         self.closed = False
+        self.auth_error: str | None = None  # set when a reload stops accepting this session's token
 
     @property
     def client_name(self) -> str:

@@ -65,6 +65,7 @@ class PolicyEngine:
         self.killswitch = KillSwitch(config.kill_switch, self.kill_file.state)
         self._validators: dict[int, tuple[Mapping[str, Any], Any]] = {}
         self._watch_task: asyncio.Task[None] | None = None
+        self.on_kill_change: Callable[[object], None] = lambda path: None
 
     # -- identity ------------------------------------------------------------------------------
 
@@ -248,4 +249,5 @@ class PolicyEngine:
                 if self.kill_file.poll():
                     self.killswitch = KillSwitch(self.config.kill_switch, self.kill_file.state)
                     log.warning("kill switch changed: %s", self.kill_file.path)
+                    self.on_kill_change(self.kill_file.path)
                     on_change()
