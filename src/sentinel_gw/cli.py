@@ -178,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _serve(args, path, config, environ, *, policy, identity) -> int:  # type: ignore[no-untyped-def]
     from sentinel_gw.fronts.stdio import serve_stdio
     from sentinel_gw.gateway import Gateway
+    from sentinel_gw.lifecycle import Shutdown
     from sentinel_gw.logs import setup_logging
     from sentinel_gw.ops.reload import Reloader, install_sighup
 
@@ -197,17 +198,23 @@ async def _serve(args, path, config, environ, *, policy, identity) -> int:  # ty
             recorder.cfg = gateway.config.audit  # redaction policy reloads; sinks need a restart
 
     reloader = Reloader(gateway, path, args.env_file, os.environ, on_applied=applied)
+    shutdown = Shutdown()
+    shutdown.on_force(gateway.kill_backends)
+    # Handlers stay installed until every backend is gone: a SIGTERM during teardown escalates
+    # instead of killing us with children still running.
+    shutdown.install()
     install_sighup(reloader)
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
         reloader.start()
-        return await serve_stdio(gateway, identity)
+        return await serve_stdio(gateway, identity, shutdown=shutdown)
     finally:
         reloader.stop()
-        await gateway.stop()
+        await gateway.stop(force=shutdown.forced.is_set())
         if audit is not None:
             await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled
+        shutdown.uninstall()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -172,9 +172,16 @@ class Gateway:
         await self._upstream_caps_ready.wait()
         return dict(self._upstream_caps or {})
 
-    async def stop(self) -> None:
+    def kill_backends(self) -> None:
+        """Forced shutdown: SIGKILL every backend's process group now."""
+        for backend in self.backends.values():
+            backend.kill()
+
+    async def stop(self, *, force: bool = False) -> None:
         self._stopping = True
         self.event("shutdown")
+        if force:
+            self.kill_backends()
         self.policy.stop_watching()
         self.set_upstream_capabilities({})  # release backends still waiting to handshake
         for task in list(self._refresh_tasks.values()) + list(self._background):

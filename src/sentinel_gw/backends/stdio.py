@@ -191,6 +191,13 @@ class StdioBackend:
         if self._ready.is_set():
             self._write(jsonrpc.notification(method, params))
 
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (forced shutdown); stop() still reaps it."""
+        self._stopping = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._kill_group(signal.SIGKILL)
+
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -9,11 +9,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import sys
 from typing import IO, Any
 
 from sentinel_gw.gateway import Gateway
+from sentinel_gw.lifecycle import Shutdown
 from sentinel_gw.policy.identity import Identity
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
@@ -23,6 +23,10 @@ log = logging.getLogger("sentinel_gw.stdio")
 
 _READ_CHUNK = 1 << 16
 _WRITE_HIGH_WATER = 1 << 20
+# A client that stops reading: first shed what can be lost (progress, logs), then give up on it.
+_SHED_NOTIFICATIONS_AT = 16 << 20
+_CLOSE_SESSION_AT = 256 << 20
+_SHEDDABLE = ("notifications/progress", "notifications/message")
 
 
 class _PipeWriter:
@@ -49,6 +53,9 @@ class _PipeWriter:
     def buffered(self) -> int:
         return 0 if self.transport.is_closing() else self.transport.get_write_buffer_size()
 
+    def close(self) -> None:
+        self.transport.close()
+
 
 class _FileWriter:
     """stdout redirected to a regular file: writes cannot block, so plain writes will do."""
@@ -69,6 +76,11 @@ class _FileWriter:
 
     def buffered(self) -> int:
         return 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        self.broken = True
 
 
 async def _open_writer(stream: IO[bytes]) -> _PipeWriter | _FileWriter:
@@ -106,7 +118,12 @@ async def _chunks(stream: IO[bytes]) -> Any:
 
 
 async def serve_stdio(
-    gateway: Gateway, identity: Identity, *, stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None
+    gateway: Gateway,
+    identity: Identity,
+    *,
+    stdin: IO[bytes] | None = None,
+    stdout: IO[bytes] | None = None,
+    shutdown: Shutdown | None = None,
 ) -> int:
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
@@ -114,11 +131,27 @@ async def serve_stdio(
     pending_drain: list[asyncio.Task[None]] = []
 
     def send(message: dict[str, Any] | list[Any]) -> None:
+        backlog = writer.buffered()
+        if backlog > _SHED_NOTIFICATIONS_AT:
+            if isinstance(message, dict) and message.get("method") in _SHEDDABLE:
+                return
+            if backlog > _CLOSE_SESSION_AT:
+                log.error("client is not reading its stdout (%d bytes queued); closing the session", backlog)
+                writer.broken = True
+                shutdown.request("client not reading")
+                return
         try:
             data = jsonrpc.encode(message)
         except (TypeError, ValueError):
             log.exception("could not encode a message for the client")
-            return
+            if isinstance(message, dict) and "id" in message and "method" not in message:
+                data = jsonrpc.encode(
+                    jsonrpc.error(
+                        message["id"], jsonrpc.INTERNAL_ERROR, "the result cannot be encoded as JSON"
+                    )
+                )
+            else:
+                return
         writer.write(data)
         if writer.buffered() > _WRITE_HIGH_WATER and not pending_drain:
             task = asyncio.ensure_future(writer.drain())
@@ -127,23 +160,13 @@ async def serve_stdio(
 
     session = Session(identity, send, transport="stdio")
     gateway.open_session(session)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = 0
+    shutdown = shutdown or Shutdown()
 
-    def on_signal(signum: int) -> None:
-        nonlocal signals
-        signals += 1
-        log.info("received %s; shutting down", signal.Signals(signum).name)
-        stop.set()
-        if signals > 1:
-            log.warning("second signal: cancelling in-flight requests now")
-            for task in list(session.in_flight.values()):
-                task.cancel()
+    def force() -> None:
+        for task in list(session.in_flight.values()):
+            task.cancel()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, on_signal, sig)
+    shutdown.on_force(force)
 
     max_bytes = gateway.config.gateway.max_message_bytes
     splitter = LineSplitter(max_bytes)
@@ -173,17 +196,19 @@ async def serve_stdio(
                 return
 
     reading = asyncio.create_task(pump(), name="stdin")
-    stopping = asyncio.create_task(stop.wait())
+    stopping = asyncio.create_task(shutdown.requested.wait())
     await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    reason = "signal" if stop.is_set() else "end of input"
-    log.info("stdio front closing (%s); %d request(s) in flight", reason, len(session.in_flight))
+    if reading.done() and not reading.cancelled() and reading.exception() is not None:
+        log.error("reading stdin failed", exc_info=reading.exception())
+    shutdown.request("end of input")
+    log.info("stdio front closing (%s); %d request(s) in flight", shutdown.reason, len(session.in_flight))
     reading.cancel()
     stopping.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await reading
-    await gateway.close_session(session, gateway.config.gateway.shutdown_grace_secs)
+    grace = 0.0 if shutdown.forced.is_set() else gateway.config.gateway.shutdown_grace_secs
+    await gateway.close_session(session, grace)
     await writer.drain()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(sig)
+    # Clients that wait for our stdout to close (the Inspector) need not wait for backend teardown.
+    writer.close()
     return 0

@@ -7,6 +7,7 @@ so a typed model would only cost time and lose fields a backend added (the origi
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,9 +57,30 @@ class Invalid:
     error: JsonRpcError
 
 
+_tolerant = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), allow_nan=True)
+
+
 def encode(message: Any) -> bytes:
-    """Compact one-line JSON plus the newline that frames it on stdio."""
-    return (_encoder.encode(message) + "\n").encode("utf-8")
+    """Compact one-line JSON plus the newline that frames it on stdio.
+
+    What a peer sent us may not re-encode strictly (NaN from Python servers, a lone surrogate
+    from a string cut mid-emoji): those fall back to ASCII escapes with non-finite numbers as
+    null, so a reply is never lost to encoding.
+    """
+    try:
+        return (_encoder.encode(message) + "\n").encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return (_tolerant.encode(_finite(message)) + "\n").encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def decode(data: bytes | str) -> Any:
@@ -68,6 +90,8 @@ def decode(data: bytes | str) -> Any:
         return _decode(text)
     except UnicodeDecodeError:
         raise JsonRpcError(PARSE_ERROR, "Parse error: message is not valid UTF-8") from None
+    except RecursionError:
+        raise JsonRpcError(PARSE_ERROR, "Parse error: nesting too deep") from None
     except ValueError as exc:
         reason = str(exc).split(":", 1)[0]
         raise JsonRpcError(PARSE_ERROR, f"Parse error: {reason}") from None
