@@ -137,9 +137,12 @@ class Catalog:
     def rebuild(self, visible_backends: Iterable[str]) -> tuple[CatalogView, set[str]]:
         """Merge the lists of `visible_backends`; returns the new view and the kinds that changed."""
         present = set(visible_backends)
-        backends = [b for b in self.order if b in present and b in self.lists]
-        tools = self._name_entries(backends, "tools")
-        prompts = self._name_entries(backends, "prompts")
+        # Names come from every backend whose lists we know, up or not, so a backend that is
+        # restarting keeps its names: a colliding name never moves to another backend meanwhile.
+        known = [b for b in self.order if b in self.lists]
+        backends = [b for b in known if b in present]
+        tools = [e for e in self._name_entries(known, "tools") if e.backend in present]
+        prompts = [e for e in self._name_entries(known, "prompts") if e.backend in present]
         resources: list[ResourceEntry] = []
         by_uri: dict[str, ResourceEntry] = {}
         templates: list[TemplateEntry] = []

@@ -44,6 +44,7 @@ log = logging.getLogger("sentinel_gw.gateway")
 MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
+MAX_BATCH = 100
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
 _BACKEND_STATUS = {
@@ -226,35 +227,50 @@ class Gateway:
         if "id" not in message:
             self._notification(session, message["method"], message.get("params") or {})
             return
+        admitted = self._admit(session, message)
+        if isinstance(admitted, dict):
+            session.send(admitted)
+            return
+
+        def deliver(task: asyncio.Task[dict[str, Any] | None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                reply = task.result()
+                if reply is not None:
+                    session.send(reply)
+
+        admitted.add_done_callback(deliver)
+
+    def _admit(
+        self, session: Session, message: dict[str, Any]
+    ) -> asyncio.Task[dict[str, Any] | None] | dict[str, Any]:
+        """Start a request as its own task, registered for cancellation; or the error refusing it."""
         req_id = message["id"]
         if req_id in session.in_flight:
-            session.send(
-                jsonrpc.error(
-                    req_id,
-                    jsonrpc.INVALID_REQUEST,
-                    f"Invalid Request: id {req_id!r} is already in use by a pending request",
-                )
+            return jsonrpc.error(
+                req_id,
+                jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: id {req_id!r} is already in use by a pending request",
             )
-            return
         if len(session.in_flight) >= self.config.gateway.max_in_flight_per_session:
-            session.send(
-                jsonrpc.error(
-                    req_id,
-                    jsonrpc.RATE_LIMITED,
-                    "Too many requests in flight; retry shortly",
-                    {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1},
-                )
+            return jsonrpc.error(
+                req_id,
+                jsonrpc.RATE_LIMITED,
+                "Too many requests in flight; retry shortly",
+                {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1},
             )
-            return
-        task = asyncio.create_task(self._run_request(session, message))
+        task = asyncio.create_task(self._handle_in_context(session, message))
         session.in_flight[req_id] = task
-        task.add_done_callback(lambda _t: session.in_flight.pop(req_id, None))
 
-    async def _run_request(self, session: Session, message: dict[str, Any]) -> None:
+        def forget(t: asyncio.Task[Any]) -> None:
+            if session.in_flight.get(req_id) is t:
+                del session.in_flight[req_id]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _handle_in_context(self, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
         current_request_id.set(message["id"])  # this task's own context: audit records the client's id
-        reply = await self.handle_request(session, message)
-        if reply is not None:
-            session.send(reply)
+        return await self.handle_request(session, message)
 
     async def handle_request(self, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
         req_id = message["id"]
@@ -294,45 +310,53 @@ class Gateway:
                 )
             )
             return
-        if not batch:
-            session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, "Invalid Request: empty batch"))
+        if not batch or len(batch) > MAX_BATCH:
+            reason = "empty batch" if not batch else f"more than {MAX_BATCH} messages in a batch"
+            session.send(jsonrpc.error(None, jsonrpc.INVALID_REQUEST, f"Invalid Request: {reason}"))
             return
-        replies: list[Awaitable[dict[str, Any] | None]] = []
+        # Members are ordinary requests (same duplicate-id check, in-flight cap, cancellation,
+        # audit id); only their replies travel back together, as one array.
+        replies: list[Any] = []
+        tasks: list[asyncio.Task[dict[str, Any] | None]] = []
         for item in batch:
             invalid = jsonrpc.check_message(item)
             if invalid is not None:
-                session.send(jsonrpc.error_from(invalid.id, invalid.error))
+                replies.append(jsonrpc.error_from(invalid.id, invalid.error))
             elif "method" not in item:
                 session.resolve(item)
             elif "id" not in item:
                 self._notification(session, item["method"], item.get("params") or {})
-            elif item.get("method") == "initialize":
+            elif item["method"] == "initialize":
                 replies.append(
-                    _const(
-                        jsonrpc.error(
-                            item["id"],
-                            jsonrpc.INVALID_REQUEST,
-                            "Invalid Request: initialize must not be batched",
-                        )
+                    jsonrpc.error(
+                        item["id"], jsonrpc.INVALID_REQUEST, "Invalid Request: initialize must not be batched"
                     )
                 )
             else:
-                replies.append(self.handle_request(session, item))
-        results = [r for r in await asyncio.gather(*replies) if r is not None]
-        if results:
-            session.send(results)
+                admitted = self._admit(session, item)
+                if isinstance(admitted, dict):
+                    replies.append(admitted)
+                else:
+                    tasks.append(admitted)
+        if tasks:
+            done = await asyncio.gather(*tasks, return_exceptions=True)
+            replies += [r for r in done if isinstance(r, dict)]
+        if replies:
+            session.send(replies)
 
     def _notification(self, session: Session, method: str, params: dict[str, Any]) -> None:
         if method == "notifications/initialized":
             if session.state == "initialized":
                 session.state = "ready"
         elif method == "notifications/cancelled":
-            task = session.in_flight.get(params.get("requestId"))  # type: ignore[arg-type]
+            req_id = params.get("requestId")
+            task = session.in_flight.get(req_id) if jsonrpc.valid_id(req_id) else None
             if task is not None and not task.done():
                 task.cancel()
         elif method == "notifications/roots/list_changed":
             for backend in self._ready_backends():
-                self._spawn(backend.notify(method, params))
+                with contextlib.suppress(BackendError):
+                    self._spawn(_quiet(backend.notify(method, params)))
         # progress for server-to-client requests and unknown notifications: nothing to do
 
     # -- lifecycle methods -----------------------------------------------------------------------
@@ -392,10 +416,11 @@ class Gateway:
         if "resources" in families or starting:
             subscribe = bool(families.get("resources", {}).get("subscribe")) or starting
             caps["resources"] = {"subscribe": subscribe, "listChanged": True}
-        if "completions" in families:
-            caps["completions"] = {}
-        if "logging" in families:
-            caps["logging"] = {}
+        # Both are served by the gateway whatever the backends offer (completion answers an empty
+        # list for a backend without it; logging filters per client), and backends often are not
+        # ready yet when a stdio client initializes.
+        caps["completions"] = {}
+        caps["logging"] = {}
         return caps
 
     async def _ping(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
@@ -429,7 +454,12 @@ class Gateway:
         offset = 0
         if "cursor" in params and params["cursor"] is not None:
             payload = self.cursors.decode(params["cursor"])
-            if payload is None or payload.get("m") != method or not isinstance(payload.get("o"), int):
+            if (
+                payload is None
+                or payload.get("m") != method
+                or payload.get("v") != view.version
+                or not isinstance(payload.get("o"), int)
+            ):
                 raise jsonrpc.JsonRpcError(
                     jsonrpc.INVALID_PARAMS, "Invalid params: unknown or expired cursor"
                 )
@@ -542,12 +572,18 @@ class Gateway:
         finally:
             record.latency_ms = (time.monotonic() - record.started) * 1000
             for observer in self.observers:
-                observer.call_finished(record)
+                try:
+                    observer.call_finished(record)
+                except Exception:
+                    log.exception("observer %r failed", observer)
 
     def event(self, kind: str, **detail: Any) -> None:
         """A gateway event (startup, backend crashed, kill switch changed, ...) for audit and logs."""
         for observer in self.observers:
-            observer.gateway_event(kind, detail)
+            try:
+                observer.gateway_event(kind, detail)
+            except Exception:
+                log.exception("observer %r failed", observer)
 
     async def _call_tool(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         name = params.get("name")
@@ -571,8 +607,12 @@ class Gateway:
 
     async def _visible_tool(self, session: Session, name: str) -> Entry:
         entry = self.catalog.view.tool_by_name.get(name)
-        if entry is None and not self.backends_settled():
-            await self.wait_for_backends()  # a call right after initialize may beat the first lists
+        if (
+            entry is None or not self.policy.tool_visible(session.identity, entry)
+        ) and not self.backends_settled():
+            # A call right after initialize (or a restart) may beat the lists. Hidden names wait
+            # like unknown ones, so the delay tells a caller nothing about what exists.
+            await self.wait_for_backends()
             entry = self.catalog.view.tool_by_name.get(name)
         if entry is None or not self.policy.tool_visible(session.identity, entry):
             # Invisible and unknown look the same: no enumeration through errors.
@@ -632,7 +672,12 @@ class Gateway:
         key = (backend, str(uri))
         subs = self._subscribers.setdefault(key, set())
         if not subs:
-            await self._forward(session, backend, "resources/subscribe", params)
+            try:
+                await self._forward(session, backend, "resources/subscribe", params)
+            except BaseException:
+                if not self._subscribers.get(key):
+                    self._subscribers.pop(key, None)
+                raise
         subs.add(session)
         session.subscriptions.add(str(uri))
         return {}
@@ -677,13 +722,15 @@ class Gateway:
             upstream = params
         else:
             raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, "Invalid params: unknown ref type")
+        if self.policy.backend_killed(backend):
+            raise jsonrpc.JsonRpcError(jsonrpc.KILLED, f"Backend '{backend}' is disabled by the kill switch")
         if "completions" not in self._backend_for(backend).capabilities:
             return {"completion": {"values": [], "hasMore": False}}
         return await self._forward(session, backend, "completion/complete", upstream)
 
     async def _set_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         level = params.get("level")
-        if level not in LOG_LEVEL_RANK:
+        if not isinstance(level, str) or level not in LOG_LEVEL_RANK:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.INVALID_PARAMS, f"Invalid params: level must be one of {', '.join(LOG_LEVELS)}"
             )
@@ -731,7 +778,10 @@ class Gateway:
                     with contextlib.suppress(jsonrpc.JsonRpcError):
                         await backend.request("resources/subscribe", {"uri": uri})
         finally:
-            self._lists_ready[backend.name].set()
+            # A crash during the first lists cleared the flag: callers must keep waiting for the
+            # restart, and a retired incarnation must not mark its replacement ready.
+            if backend.ready and self._current(backend):
+                self._lists_ready[backend.name].set()
 
     def backend_down(self, backend: Any, reason: str) -> None:
         if not self._current(backend):
@@ -742,8 +792,9 @@ class Gateway:
             reason=reason,
             error=backend.last_error,
         )
-        self.catalog.drop_backend(backend.name)
-        self._rebuild()
+        if reason == "gave_up":
+            self.catalog.drop_backend(backend.name)
+        self._rebuild()  # its entries leave the lists; a restarting backend keeps its names
         if reason == "gave_up":
             self._lists_ready[backend.name].set()
         else:  # it restarts: callers may wait for it as they did at startup
@@ -848,6 +899,8 @@ class Gateway:
         self._refresh_tasks[key] = asyncio.create_task(later())
 
     def _relay_log(self, backend: StdioBackend, params: dict[str, Any]) -> None:
+        if self.policy.backend_killed(backend.name):
+            return
         level = params.get("level")
         rank = LOG_LEVEL_RANK.get(level, 0) if isinstance(level, str) else 0
         logger = params.get("logger")
@@ -862,6 +915,10 @@ class Gateway:
         capability = CLIENT_REQUEST_CAPABILITY.get(method)
         if capability is None:
             raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+        if self.policy.backend_killed(backend.name):
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.KILLED, f"Backend '{backend.name}' is disabled by the kill switch"
+            )
         session = self._route_server_request(backend.name, capability)
         if method == "elicitation/create" and isinstance(params.get("message"), str):
             # The user must see which server is asking.
@@ -903,5 +960,7 @@ class Gateway:
         }
 
 
-async def _const(value: dict[str, Any]) -> dict[str, Any]:
-    return value
+async def _quiet(coro: Awaitable[Any]) -> None:
+    """Fire-and-forget work whose failure is not worth a task-exception warning."""
+    with contextlib.suppress(jsonrpc.JsonRpcError, ConnectionError):
+        await coro

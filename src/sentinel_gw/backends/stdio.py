@@ -21,6 +21,7 @@ from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
 from sentinel_gw.protocol.mcp import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE
+from sentinel_gw.resilience import HealthState, HealthTracker
 
 log = logging.getLogger("sentinel_gw.backend")
 
@@ -71,16 +72,37 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork a
         pass
 
 
+class _Expired(Exception):
+    """The request's timer fired (internal: becomes BackendError "timeout")."""
+
+
 class _Pending:
-    __slots__ = ("future", "last_progress", "method", "on_progress")
+    __slots__ = ("deadline", "future", "idle", "last_progress", "method", "on_progress", "timer")
 
     def __init__(
-        self, future: asyncio.Future[dict[str, Any]], method: str, on_progress: ProgressCallback | None
-    ):
+        self,
+        future: asyncio.Future[dict[str, Any]],
+        method: str,
+        on_progress: ProgressCallback | None,
+        idle: float,
+        deadline: float,
+    ) -> None:
         self.future = future
         self.method = method
         self.on_progress = on_progress
         self.last_progress: float | None = None
+        self.idle = idle  # seconds without an answer (or progress) before giving up
+        self.deadline = deadline  # hard cap: progress never extends past it
+        self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = loop.call_at(min(loop.time() + self.idle, self.deadline), self._expire)
+
+    def _expire(self) -> None:
+        if not self.future.done():
+            self.future.set_exception(_Expired())
 
 
 class _RateLimitedLog:
@@ -139,6 +161,9 @@ class StdioBackend:
         self._supervisor: asyncio.Task[None] | None = None
         self._io_tasks: list[asyncio.Task[Any]] = []
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
+        self._drain_task: asyncio.Task[None] | None = None
+        self._health_task: asyncio.Task[None] | None = None
+        self.health = HealthTracker(on_change=self._health_changed)
         self._restart_times: collections.deque[float] = collections.deque()
         self._wake = asyncio.Event()
 
@@ -185,7 +210,11 @@ class StdioBackend:
                 f"Backend '{self.name}' has {self.cfg.max_in_flight} requests in flight; try again shortly",
                 retry_after_ms=100,
             )
-        return await self._call(method, params, timeout or self.cfg.timeout_secs, on_progress)
+        if timeout is None:
+            timeout = self.cfg.timeout_secs
+            if method == "tools/call" and params is not None:
+                timeout = self.cfg.tool_timeouts.get(params.get("name"), timeout)  # type: ignore[arg-type]
+        return await self._call(method, params, timeout, on_progress)
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         if self._ready.is_set():
@@ -200,6 +229,7 @@ class StdioBackend:
 
     async def stop(self) -> None:
         self._stopping = True
+        self._stop_health_checks()
         self._wake.set()
         self._ready.clear()
         await self._terminate()
@@ -227,12 +257,16 @@ class StdioBackend:
             else:
                 on_progress = None
         loop = asyncio.get_running_loop()
-        pending = _Pending(loop.create_future(), method, on_progress)
+        deadline = loop.time() + max(timeout, self.cfg.max_timeout_secs)
+        pending = _Pending(loop.create_future(), method, on_progress, timeout, deadline)
+        pending.arm(loop)
         self._pending[req_id] = pending
         try:
             self._write(jsonrpc.request(req_id, method, params))
-            return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
-        except asyncio.TimeoutError:
+            # A plain future and a timer: cheaper than wait_for, and a cancellation of the caller
+            # can never be swallowed by a reply arriving at the same moment.
+            return await pending.future
+        except _Expired:
             self._cancel_upstream(req_id, "timeout")
             raise BackendError(
                 self.name, "timeout", f"Backend '{self.name}' did not answer {method} within {timeout:g} s"
@@ -241,6 +275,8 @@ class StdioBackend:
             self._cancel_upstream(req_id, "cancelled by client")
             raise
         finally:
+            if pending.timer is not None:
+                pending.timer.cancel()
             self._pending.pop(req_id, None)
 
     def _cancel_upstream(self, req_id: int, reason: str) -> None:
@@ -256,25 +292,32 @@ class StdioBackend:
             raise BackendError(self.name, "unavailable", f"Backend '{self.name}' is not running")
         proc.stdin.write(jsonrpc.encode(message))
         transport = proc.stdin.transport
-        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER and self._drain_task is None:
             # A child that stops reading must not make us buffer without bound.
-            task = asyncio.ensure_future(self._drain(proc))
-            self._io_tasks.append(task)
-            task.add_done_callback(self._io_tasks.remove)
+            self._drain_task = asyncio.ensure_future(self._drain(proc))
 
     async def _drain(self, proc: asyncio.subprocess.Process) -> None:
         try:
             assert proc.stdin is not None
             await asyncio.wait_for(proc.stdin.drain(), self.cfg.timeout_secs)
         except (asyncio.TimeoutError, ConnectionError, OSError):
-            log.error("backend %s: stdin is not being read; restarting it", self.name)
-            self._kill_group(signal.SIGKILL)
+            if proc.returncode is None and self._proc is proc:
+                log.error("backend %s: stdin is not being read; restarting it", self.name)
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            self._drain_task = None
 
     def _fail_pending(self, reason: str, message: str) -> None:
         pending, self._pending = self._pending, {}
         for entry in pending.values():
             if not entry.future.done():
                 entry.future.set_exception(BackendError(self.name, reason, message))
+        # Questions the child asked the client die with it: the client's dialog is cancelled and
+        # a late answer can never reach the next incarnation.
+        for task in list(self._server_requests.values()):
+            task.cancel()
+        self._server_requests.clear()
 
     # -- supervision ---------------------------------------------------------------------------
 
@@ -291,6 +334,8 @@ class StdioBackend:
                 self._give_up(str(exc))
                 return
             except Exception as exc:  # any handshake failure: crash, timeout, garbage
+                if self._stopping:
+                    return
                 self.last_error = f"start failed: {exc}"
                 log.error("backend %s: start failed: %s", self.name, exc)
                 await self._terminate()
@@ -300,14 +345,18 @@ class StdioBackend:
                 self._ready.set()
                 self._settled.set()
                 log.info("backend %s ready (pid %s, protocol %s)", self.name, self.pid, self.protocol_version)
+                self.health.reset()
                 self.events.backend_ready(self)
+                self._start_health_checks()
                 code = await self._wait_exit()
                 self._ready.clear()
+                self._stop_health_checks()
                 if self._stopping:
                     return
-                self.last_error = f"exited with code {code}"
-                log.error("backend %s exited (code %s)", self.name, code)
-                self._fail_pending("crashed", f"Backend '{self.name}' exited (code {code}) before answering")
+                what = f"exited (code {code})" if code is not None else "closed its stdout"
+                self.last_error = what
+                log.error("backend %s %s", self.name, what)
+                self._fail_pending("crashed", f"Backend '{self.name}' {what} before answering")
                 self.events.backend_down(self, "crashed")
                 await self._terminate()
             if self._stopping:
@@ -417,14 +466,22 @@ class StdioBackend:
                 await call
 
     async def _wait_exit(self) -> int | None:
+        """Until the child exits or its stdout ends (then it can never answer again): None."""
         proc = self._proc
         assert proc is not None
-        code = await proc.wait()
+        reader = self._io_tasks[0]
+        exit_wait = asyncio.ensure_future(proc.wait())
+        await asyncio.wait({exit_wait, reader}, return_when=asyncio.FIRST_COMPLETED)
+        self._ready.clear()  # no new request may be written to a dying child
+        if not exit_wait.done():
+            exit_wait.cancel()
+            if not reader.cancelled() and reader.exception() is not None:
+                log.error("backend %s: reading its stdout failed", self.name, exc_info=reader.exception())
+            return None
         # stdout may still hold the last replies; let the reader finish them first.
-        for task in list(self._io_tasks):
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), 1.0)
-        return code
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+            await asyncio.wait_for(asyncio.shield(reader), 1.0)
+        return exit_wait.result()
 
     async def _terminate(self) -> None:
         """Close stdin, then SIGTERM, then SIGKILL the whole process group; always reap."""
@@ -443,12 +500,14 @@ class StdioBackend:
                     await proc.wait()
         # Grandchildren left in the group (e.g. `npx` spawned `node`) must not outlive it.
         self._kill_group(signal.SIGKILL)
-        for task in self._io_tasks:
+        tasks, self._io_tasks = self._io_tasks, []
+        if self._drain_task is not None:
+            tasks.append(self._drain_task)
+        for task in tasks:
             task.cancel()
-        for task in self._io_tasks:
+        for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        self._io_tasks = []
         self._fail_pending("crashed", f"Backend '{self.name}' stopped before answering")
         self._proc = None
 
@@ -465,6 +524,37 @@ class StdioBackend:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
+
+    # -- health ----------------------------------------------------------------------------------
+
+    def _start_health_checks(self) -> None:
+        if self.cfg.health_interval_secs > 0:
+            self._health_task = asyncio.create_task(self._health_loop(), name=f"health:{self.name}")
+
+    def _stop_health_checks(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
+
+    async def _health_loop(self) -> None:
+        """A ping every health_interval_secs; a child that stops answering is restarted."""
+        timeout = min(10.0, self.cfg.timeout_secs)
+        while self._ready.is_set():
+            await asyncio.sleep(self.cfg.health_interval_secs)
+            try:
+                await self._call("ping", None, timeout, None)
+                ok = True
+            except jsonrpc.JsonRpcError as exc:
+                ok = not isinstance(exc, BackendError)  # an error reply still proves it is alive
+            self.health.record(ok)
+            if self.health.state is HealthState.UNHEALTHY and self._proc is not None:
+                log.error("backend %s: unhealthy (pings unanswered); restarting it", self.name)
+                self._kill_group(signal.SIGKILL)
+                return
+
+    def _health_changed(self, old: HealthState, new: HealthState) -> None:
+        level = logging.INFO if new is HealthState.HEALTHY else logging.WARNING
+        log.log(level, "backend %s: health %s -> %s", self.name, old.value, new.value)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -493,7 +583,10 @@ class StdioBackend:
                 if not isinstance(message, dict) or jsonrpc.check_message(message) is not None:
                     garbage.line("invalid JSON-RPC on stdout ignored")
                     continue
-                self._on_message(message)
+                try:
+                    self._on_message(message, proc)
+                except Exception:  # one odd message must never stop the reader
+                    log.exception("backend %s: message handling failed", self.name)
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -509,7 +602,7 @@ class StdioBackend:
                 else:
                     sink.line(line.decode("utf-8", "replace").rstrip())
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(self, message: dict[str, Any], proc: asyncio.subprocess.Process) -> None:
         method = message.get("method")
         if method is None:
             msg_id = message.get("id")
@@ -531,9 +624,14 @@ class StdioBackend:
         params = message.get("params") or {}
         if "id" in message:
             req_id = message["id"]
-            task = asyncio.create_task(self._answer_server_request(req_id, method, params))
+            task = asyncio.create_task(self._answer_server_request(proc, req_id, method, params))
             self._server_requests[req_id] = task
-            task.add_done_callback(lambda _t: self._server_requests.pop(req_id, None))
+
+            def forget(t: asyncio.Task[None]) -> None:
+                if self._server_requests.get(req_id) is t:
+                    del self._server_requests[req_id]
+
+            task.add_done_callback(forget)
             return
         if method == "notifications/progress":
             self._on_progress(params)
@@ -543,7 +641,7 @@ class StdioBackend:
     def _on_progress(self, params: dict[str, Any]) -> None:
         token = params.get("progressToken")
         entry = self._pending.get(token) if isinstance(token, int) else None
-        if entry is None or entry.on_progress is None:
+        if entry is None:
             return
         progress = params.get("progress")
         if not isinstance(progress, (int, float)) or isinstance(progress, bool):
@@ -551,15 +649,19 @@ class StdioBackend:
         if entry.last_progress is not None and progress <= entry.last_progress:
             return  # MCP requires strictly increasing progress; drop regressions
         entry.last_progress = progress
-        entry.on_progress(params)
+        entry.arm(asyncio.get_running_loop())  # progress is life: restart the idle timer (up to the cap)
+        if entry.on_progress is not None:
+            entry.on_progress(params)
 
     def cancel_server_request(self, req_id: Any) -> None:
         """The child withdrew a request it sent us; the client side is told by the waiter."""
-        task = self._server_requests.get(req_id)
+        task = self._server_requests.get(req_id) if jsonrpc.valid_id(req_id) else None
         if task is not None:
             task.cancel()
 
-    async def _answer_server_request(self, req_id: Any, method: str, params: dict[str, Any]) -> None:
+    async def _answer_server_request(
+        self, proc: asyncio.subprocess.Process, req_id: Any, method: str, params: dict[str, Any]
+    ) -> None:
         if method == "ping":
             reply = jsonrpc.result(req_id, {})
         else:
@@ -572,5 +674,7 @@ class StdioBackend:
             except Exception as exc:  # never let a client-side failure kill the reader
                 log.exception("backend %s: relaying %s failed", self.name, method)
                 reply = jsonrpc.error(req_id, jsonrpc.INTERNAL_ERROR, f"gateway error: {type(exc).__name__}")
-        with contextlib.suppress(BackendError, ConnectionError, RuntimeError):
-            self._write(reply)
+        if self._proc is not proc or proc.stdin is None or proc.stdin.is_closing():
+            return  # the child that asked is gone; never answer its successor
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            proc.stdin.write(jsonrpc.encode(reply))

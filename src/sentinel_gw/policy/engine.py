@@ -156,7 +156,7 @@ class PolicyEngine:
         self._rate_limit(identity, entry, consume=False)
         validator = self._validator(entry)
         if validator is not None:
-            failure = validator.validate(dict(arguments))
+            failure = validator.validate(arguments)
             if failure is not None:
                 where = failure.pointer or "/"
                 raise Refusal(
