@@ -164,6 +164,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     setup_logging(args.log_level or config.gateway.log_level, config.gateway.log_format)
+    admin_token = None
+    if config.admin.listen and config.admin.token_env:
+        admin_token = environ.get(config.admin.token_env, "")
+        if not admin_token:
+            # Fail closed: a configured admin token that is missing must not mean "no auth".
+            return _fail(
+                f"{config.source}: admin.token_env: environment variable {config.admin.token_env} is unset"
+            )
     try:
         policy = PolicyEngine(config, environ=environ)
         # Authenticate before any backend is spawned: a bad token costs nothing.
@@ -172,10 +180,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"{config.source}: auth: {exc}")
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}")
-    return asyncio.run(_serve(args, path, config, environ, policy=policy, identity=identity))
+    return asyncio.run(
+        _serve(args, path, config, environ, policy=policy, identity=identity, admin_token=admin_token)
+    )
 
 
-async def _serve(args, path, config, environ, *, policy, identity) -> int:  # type: ignore[no-untyped-def]
+async def _serve(args, path, config, environ, *, policy, identity, admin_token) -> int:  # type: ignore[no-untyped-def]
     from sentinel_gw.fronts.stdio import serve_stdio
     from sentinel_gw.gateway import Gateway
     from sentinel_gw.lifecycle import Shutdown
@@ -185,10 +195,14 @@ async def _serve(args, path, config, environ, *, policy, identity) -> int:  # ty
     gateway = Gateway(config, environ=environ, policy=policy)
     audit = recorder = None
     if config.audit.sinks:
-        from sentinel_gw.ops.audit import AuditLog
+        from sentinel_gw.ops.audit import AuditError, AuditLog
+        from sentinel_gw.ops.plugins import PluginError
         from sentinel_gw.ops.recorder import AuditRecorder
 
-        audit = AuditLog.from_config(config)
+        try:
+            audit = AuditLog.from_config(config, environ=environ)
+        except (AuditError, PluginError) as exc:
+            return _fail(f"{config.source}: audit: {exc}")
         recorder = AuditRecorder(audit, config.audit)
         gateway.observers.append(recorder)
 
@@ -196,6 +210,22 @@ async def _serve(args, path, config, environ, *, policy, identity) -> int:  # ty
         setup_logging(args.log_level or gateway.config.gateway.log_level, gateway.config.gateway.log_format)
         if recorder is not None:
             recorder.cfg = gateway.config.audit  # redaction policy reloads; sinks need a restart
+
+    admin = None
+    if config.admin.listen:  # listen addresses are not reloaded: they need a restart
+        from sentinel_gw.ops.admin import AdminServer
+        from sentinel_gw.ops.metrics import create_metrics
+
+        metrics = create_metrics(config.metrics.enabled, gateway=gateway, audit=audit)
+        gateway.observers.append(metrics)
+        admin = AdminServer(
+            config.admin.listen,
+            token=admin_token,
+            gateway=gateway,
+            metrics=metrics,
+            audit=audit,
+            required_backends=config.admin.required_backends,
+        )
 
     reloader = Reloader(gateway, path, args.env_file, os.environ, on_applied=applied)
     shutdown = Shutdown()
@@ -207,10 +237,14 @@ async def _serve(args, path, config, environ, *, policy, identity) -> int:  # ty
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
+        if admin is not None:
+            await admin.start()  # False (logged) when the port is taken: MCP service goes on
         reloader.start()
         return await serve_stdio(gateway, identity, shutdown=shutdown)
     finally:
         reloader.stop()
+        if admin is not None:
+            await admin.stop()
         await gateway.stop(force=shutdown.forced.is_set())
         if audit is not None:
             await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled
@@ -352,13 +386,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_audit(args: argparse.Namespace) -> int:
     from sentinel_gw.config import ConfigError
     from sentinel_gw.ops import audit
+    from sentinel_gw.ops.plugins import PluginError
 
     try:
-        _, _, config = _load(args)
-        sink = audit.open_sink_for_cli(config, name=args.sink)
+        _, environ, config = _load(args)
+        sink = audit.open_sink_for_cli(config, name=args.sink, environ=environ)
     except ConfigError as exc:
         return _fail(str(exc))
-    except audit.AuditError as exc:
+    except (audit.AuditError, PluginError) as exc:
         return _fail(f"audit: {exc}", EXIT_ERROR)
     action = args.audit_command
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import json
 import logging
 import math
@@ -22,6 +23,7 @@ import stat
 import sys
 import types
 import typing
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from pathlib import Path
@@ -32,6 +34,7 @@ from sentinel_gw.config_schema import (
     AuditConfig,
     AuthConfig,
     BackendConfig,
+    BreakerConfig,
     Config,
     GatewayConfig,
     KillSwitchConfig,
@@ -40,6 +43,7 @@ from sentinel_gw.config_schema import (
     RbacConfig,
     RestartPolicy,
     RoleConfig,
+    TlsConfig,
 )
 
 if sys.version_info >= (3, 11):
@@ -102,6 +106,9 @@ _GATEWAY_NAME = re.compile(r"[A-Za-z0-9_-]{1,48}")
 _PREFIX = re.compile(r"[A-Za-z0-9_-]*")
 _ROLE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Field values: HTAB, SP, VCHAR, obs-text; CR/LF would let a config inject headers or requests.
+_HEADER_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 # Set by the loader, never by the file: accepting them would let a config lie about its origin.
@@ -110,6 +117,7 @@ _NOT_TOML: frozenset[str] = frozenset({"source", "base_dir"})
 # Fields holding filesystem paths; relative values are resolved against the config's directory.
 _PATH_FIELDS: Mapping[type, tuple[str, ...]] = {
     BackendConfig: ("cwd",),
+    TlsConfig: ("cafile", "certfile", "keyfile"),
     AuthConfig: ("public_key_file", "jwks_file", "revocation_file"),
     KillSwitchConfig: ("file",),
     AuditConfig: ("sqlite_path", "jsonl_path", "spool_dir"),
@@ -136,6 +144,18 @@ _BOUNDS: Mapping[type, Mapping[str, tuple[_Bound, ...]]] = {
         "timeout_secs": ((">", 0),),
         "startup_timeout_secs": ((">", 0),),
         "max_in_flight": ((">=", 1),),
+        "connect_timeout_secs": ((">", 0),),
+        # Each retry multiplies the load on a failing backend; more than a few never helps.
+        "retries": ((">=", 0), ("<=", 10)),
+        "max_timeout_secs": ((">", 0),),
+        "health_interval_secs": ((">=", 0),),
+    },
+    BreakerConfig: {
+        "failure_threshold": ((">=", 1),),
+        "failure_rate": ((">", 0), ("<=", 1)),
+        "window_secs": ((">", 0),),
+        "min_calls": ((">=", 1),),
+        "cooldown_secs": ((">=", 0),),
     },
     AuthConfig: {
         "leeway_secs": ((">=", 0),),
@@ -167,10 +187,8 @@ _LEGACY_HINTS: Mapping[tuple[type, str], str] = {
     (AuthConfig, "jwt_audience"): "renamed to 'audience'",
     (BackendConfig, "max_restarts"): "moved to [backends.restart] max_restarts",
     (BackendConfig, "restart_on_exit"): "stdio backends are always supervised; see [backends.restart]",
-    (BackendConfig, "retries"): "tool calls are never retried (they may not be idempotent); remove this key",
-    (BackendConfig, "health_interval_secs"): "remove this key",
-    (BackendConfig, "circuit_breaker_threshold"): "remove this key",
-    (BackendConfig, "circuit_breaker_recovery_secs"): "remove this key",
+    (BackendConfig, "circuit_breaker_threshold"): "moved to [backends.breaker] failure_threshold",
+    (BackendConfig, "circuit_breaker_recovery_secs"): "moved to [backends.breaker] cooldown_secs",
     (RoleConfig, "denied_tools"): "renamed to 'deny_tools' (glob patterns)",
     (RateLimitConfig, "default_rpm"): "use [rate_limits.default] requests = N, window_secs = 60",
     (RateLimitConfig, "per_tool"): "use [rate_limits.tools.<tool>] requests = N",
@@ -440,18 +458,155 @@ def _check_env_name(name: str, path: str, errs: _Errors, what: str = "environmen
         errs.add(path, f"invalid {what} {name!r} (use [A-Za-z_][A-Za-z0-9_]*)")
 
 
+# Headers the HTTP backend owns: framing (the HTTP client), the MCP session and version, and the
+# content negotiation the transport depends on.
+RESERVED_HEADERS: frozenset[str] = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "expect",
+        "te",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "accept",
+        "content-type",
+        "last-event-id",
+    }
+)
+_SECRET_HEADER_HINTS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "password")
+STDIO_ONLY_KEYS: tuple[str, ...] = ("command", "args", "cwd", "env", "env_from", "inherit_env", "restart")
+HTTP_ONLY_KEYS: tuple[str, ...] = (
+    "url",
+    "headers",
+    "headers_from_env",
+    "connect_timeout_secs",
+    "transport",
+    "tls",
+    "retries",
+    "idempotent_tools",
+    "retry_idempotent_hint",
+)
+_BACKEND_DEFAULTS: Mapping[str, Any] = {
+    f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
+    for f in dataclasses.fields(BackendConfig)
+    if f.name in STDIO_ONLY_KEYS + HTTP_ONLY_KEYS
+}
+
+
+def _is_set(b: BackendConfig, key: str) -> bool:
+    # Compared by value: the shipped example writes every key with its default on every backend.
+    value = getattr(b, key)
+    default = _BACKEND_DEFAULTS[key]
+    if isinstance(value, Mapping):
+        return dict(value) != dict(default)
+    return bool(value != default)
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(b: BackendConfig, path: str, errs: _Errors) -> None:
+    key = _key(path, "url")
+    if not b.url:
+        errs.add(key, 'required for type = "http" (the MCP endpoint, e.g. "https://host/mcp")')
+        return
+    try:
+        parts = urllib.parse.urlsplit(b.url)
+        port = parts.port
+    except ValueError as exc:
+        errs.add(key, f"invalid URL: {exc}")
+        return
+    if parts.scheme not in ("http", "https"):
+        errs.add(key, f"must be an http:// or https:// URL, got scheme {parts.scheme or '(none)'!r}")
+        return
+    if not parts.hostname:
+        errs.add(key, "the URL has no host")
+        return
+    if parts.username is not None or parts.password is not None:
+        errs.add(key, "credentials in the URL are not allowed; send them with headers_from_env")
+    if parts.fragment:
+        errs.add(key, "a URL fragment is meaningless here; remove the '#...' part")
+    if port == 0:
+        errs.add(key, "port 0 is not a valid destination")
+    if any(c.isspace() or not c.isprintable() for c in b.url) or not b.url.isascii():
+        errs.add(key, "must be ASCII without spaces (percent-encode the path)")
+    if parts.scheme == "http" and _is_set(b, "tls"):
+        errs.add(_key(path, "tls"), "TLS settings need an https:// url")
+
+
+def _check_header_name(name: str, key: str, errs: _Errors) -> bool:
+    if not _HEADER_NAME.fullmatch(name):
+        errs.add(key, f"invalid header name {name!r} (letters, digits and !#$%&'*+-.^_`|~ only)")
+        return False
+    if name.lower() in RESERVED_HEADERS:
+        errs.add(key, f"header {name!r} is set by the gateway itself and cannot be configured")
+        return False
+    return True
+
+
+def _check_http_backend(b: BackendConfig, path: str, errs: _Errors) -> None:
+    _check_url(b, path, errs)
+    seen: dict[str, str] = {}
+    for name, value in b.headers.items():
+        key = _key(_key(path, "headers"), name)
+        if _check_header_name(name, key, errs):
+            seen[name.lower()] = "headers"
+        if _HEADER_BAD_VALUE.search(value):
+            errs.add(key, "header values must not contain CR, LF or other control characters")
+        elif value != value.strip(" \t"):
+            errs.add(key, "header values must not start or end with whitespace")
+    for name, source in b.headers_from_env.items():
+        key = _key(_key(path, "headers_from_env"), name)
+        if _check_header_name(name, key, errs) and name.lower() in seen:
+            errs.add(key, f"header {name!r} is also set in headers; set it in one place")
+        _check_env_name(source, key, errs, "source variable name")
+    for i, tool in enumerate(b.idempotent_tools):
+        if not tool:
+            errs.add(f"{_key(path, 'idempotent_tools')}[{i}]", "tool names must not be empty")
+    if b.tls.keyfile and not b.tls.certfile:
+        errs.add(_key(_key(path, "tls"), "keyfile"), "needs tls.certfile (the client certificate)")
+
+
 def _check_backend(b: BackendConfig, path: str, errs: _Errors) -> None:
     if not _BACKEND_NAME.fullmatch(b.name):
         errs.add(
             _key(path, "name"), f"invalid backend name {b.name!r}: use 1-64 characters from [A-Za-z0-9_-]"
         )
     if b.type == "http":
-        errs.add(_key(path, "type"), "HTTP backends are not supported by this version yet")
+        _check_http_backend(b, path, errs)
+        for key in STDIO_ONLY_KEYS:
+            if _is_set(b, key):
+                errs.add(_key(path, key), 'only valid with type = "stdio" (this backend is type = "http")')
     elif b.type == "stdio":
         if not b.command:
             errs.add(_key(path, "command"), 'required for type = "stdio" (the program to run)')
-        if b.url:
-            errs.add(_key(path, "url"), 'only valid with type = "http"')
+        for key in HTTP_ONLY_KEYS:
+            if _is_set(b, key):
+                errs.add(_key(path, key), 'only valid with type = "http" (this backend is type = "stdio")')
+    for tool, secs in b.tool_timeouts.items():
+        key = _key(_key(path, "tool_timeouts"), tool)
+        if not tool:
+            errs.add(key, "tool names must not be empty")
+        if secs <= 0:
+            errs.add(key, f"must be greater than 0, got {_num(secs)}")
+        elif secs > b.max_timeout_secs:
+            errs.add(key, f"must not exceed max_timeout_secs ({_num(secs)} > {_num(b.max_timeout_secs)})")
+    if b.timeout_secs > b.max_timeout_secs:
+        errs.add(
+            _key(path, "max_timeout_secs"),
+            f"must be at least timeout_secs ({_num(b.max_timeout_secs)} < {_num(b.timeout_secs)})",
+        )
     if not _PREFIX.fullmatch(b.prefix):
         errs.add(_key(path, "prefix"), f"invalid prefix {b.prefix!r}: use characters from [A-Za-z0-9_-]")
     for k in b.env:
@@ -598,19 +753,37 @@ def _check_config(cfg: Config, errs: _Errors) -> None:
             first_index[b.name] = i
     if cfg.rate_limits.algorithm == "sliding_window":
         # An exact sliding window keeps one timestamp per admitted call; bound its memory.
-        limits = [("rate_limits.default", cfg.rate_limits.default), ("rate_limits.subject", cfg.rate_limits.subject)]
+        limits = [
+            ("rate_limits.default", cfg.rate_limits.default),
+            ("rate_limits.subject", cfg.rate_limits.subject),
+        ]
         limits += [(_key("rate_limits.tools", k), v) for k, v in cfg.rate_limits.tools.items()]
         limits += [(_key("rate_limits.roles", k), v) for k, v in cfg.rate_limits.roles.items()]
         for key, lim in limits:
             if lim is not None and lim.requests > 100_000:
-                errs.add(key + ".requests", "at most 100000 with algorithm = \"sliding_window\" "
-                         "(use token_bucket for higher rates)")
+                errs.add(
+                    key + ".requests",
+                    'at most 100000 with algorithm = "sliding_window" (use token_bucket for higher rates)',
+                )
     for role in cfg.rate_limits.roles:
         if role not in cfg.rbac.roles:
             errs.add(_key("rate_limits.roles", role), _unknown_role(role, cfg.rbac))
     for i, role in enumerate(cfg.auth.anonymous_roles):
         if role not in cfg.rbac.roles:
             errs.add(f"auth.anonymous_roles[{i}]", _unknown_role(role, cfg.rbac))
+    if cfg.admin.listen:
+        from sentinel_gw.ops.admin import parse_listen
+
+        try:
+            parse_listen(cfg.admin.listen)
+        except ValueError as exc:
+            errs.add("admin.listen", str(exc))
+    if cfg.admin.token_env:
+        _check_env_name(cfg.admin.token_env, "admin.token_env", errs)
+    names = {b.name for b in cfg.backends}
+    for i, name in enumerate(cfg.admin.required_backends or ()):
+        if name not in names:
+            errs.add(f"admin.required_backends[{i}]", f"no backend is named {name!r}")
 
 
 _CLASS_CHECKS: Mapping[type, Callable[[Any, str, _Errors], None]] = {
@@ -878,6 +1051,23 @@ def config_warnings(cfg: Config) -> list[str]:
         out.append("no enabled backends: the gateway will serve nothing")
     if not cfg.audit.sinks:
         out.append("audit.sinks is empty: nothing is audited")
+    for b in cfg.backends:
+        if b.type != "http":
+            continue
+        parts = urllib.parse.urlsplit(b.url)
+        if parts.scheme == "http" and not is_loopback_host(parts.hostname or ""):
+            out.append(
+                f"backend '{b.name}': plain http:// to {parts.hostname}: requests and headers travel "
+                "unencrypted (use https:// unless this is a trusted local network)"
+            )
+        if not b.tls.verify:
+            out.append(f"backend '{b.name}': tls.verify = false: the connection can be intercepted")
+        for name in b.headers:
+            if any(h in name.lower() for h in _SECRET_HEADER_HINTS):
+                out.append(
+                    f"backend '{b.name}': header {name!r} looks like a credential written in the config; "
+                    "use headers_from_env"
+                )
     return out
 
 
@@ -901,16 +1091,49 @@ def summarize(cfg: Config) -> str:
             if b.cwd:
                 lines.append(f"    cwd: {b.cwd}")
         else:
-            lines.append(f"    url: {b.url}")
+            lines.append(f"    url: {b.url} (transport {b.transport})")
+            if b.headers:
+                lines.append(f"    headers: {_list(list(b.headers))} (values not shown)")
+            if b.headers_from_env:
+                lines.append(
+                    "    headers_from_env: "
+                    + ", ".join(f"{k} <- ${v}" for k, v in b.headers_from_env.items())
+                )
+            if b.tls != TlsConfig():
+                t = b.tls
+                lines.append(
+                    f"    tls: CA {t.cafile or 'system'}, client cert {t.certfile or '(none)'}, "
+                    f"verify {'on' if t.verify else 'OFF'}"
+                )
+            lines.append(
+                f"    retries: {b.retries} (safe requests only); "
+                f"idempotent tools: {_list(b.idempotent_tools)}"
+                + ("; trusting idempotentHint" if b.retry_idempotent_hint else "")
+            )
         lines.append(
-            f"    timeouts: request {_num(b.timeout_secs)}s, startup {_num(b.startup_timeout_secs)}s; "
-            f"max in flight {b.max_in_flight}"
+            f"    timeouts: request {_num(b.timeout_secs)}s (max {_num(b.max_timeout_secs)}s with progress), "
+            f"startup {_num(b.startup_timeout_secs)}s"
+            + (f", connect {_num(b.connect_timeout_secs)}s" if b.type == "http" else "")
+            + f"; max in flight {b.max_in_flight}"
         )
-        r = b.restart
+        if b.tool_timeouts:
+            lines.append(
+                "    tool timeouts: " + ", ".join(f"{k} {_num(v)}s" for k, v in b.tool_timeouts.items())
+            )
+        br = b.breaker
+        health = f"every {_num(b.health_interval_secs)}s" if b.health_interval_secs else "off"
         lines.append(
-            f"    restart: up to {r.max_restarts} in {_num(r.restart_window_secs)}s, backoff "
-            f"{_num(r.backoff_initial_secs)}s..{_num(r.backoff_max_secs)}s, jitter {_num(r.backoff_jitter)}"
+            f"    breaker: opens after {br.failure_threshold} failures in a row or "
+            f"{_num(br.failure_rate * 100)}% of >= {br.min_calls} calls in {_num(br.window_secs)}s; "
+            f"cooldown {_num(br.cooldown_secs)}s; health ping {health}"
         )
+        if b.type == "stdio":
+            r = b.restart
+            lines.append(
+                f"    restart: up to {r.max_restarts} in {_num(r.restart_window_secs)}s, backoff "
+                f"{_num(r.backoff_initial_secs)}s..{_num(r.backoff_max_secs)}s, "
+                f"jitter {_num(r.backoff_jitter)}"
+            )
         if b.env:
             lines.append(f"    env: {_list(list(b.env))} (values not shown)")
         if b.env_from:

@@ -330,6 +330,35 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: str = field(
+        default="",
+        metadata=doc(
+            "Address of the admin endpoint (/health, /ready, /metrics), e.g. `127.0.0.1:9201`; "
+            "empty = off. A port already taken (another gateway) is logged and MCP goes on"
+        ),
+    )
+    token_env: str = field(
+        default="",
+        metadata=doc(
+            "Environment variable holding a bearer token required on every admin route but /health; "
+            "empty = no token (keep the listener on loopback then)"
+        ),
+    )
+    required_backends: tuple[str, ...] | None = field(
+        default=None, metadata=doc("Backends /ready waits for; absent = every enabled backend")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = field(
+        default=True,
+        metadata=doc("Serve Prometheus metrics on the admin endpoint (needs the `metrics` extra)"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from ("<embedded>" for the demo)."""
 
@@ -339,6 +368,8 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig, metadata=doc("Rate limits"))
     kill_switch: KillSwitchConfig = field(default_factory=KillSwitchConfig, metadata=doc("Kill switch"))
     audit: AuditConfig = field(default_factory=AuditConfig, metadata=doc("Audit trail"))
+    admin: AdminConfig = field(default_factory=AdminConfig, metadata=doc("Admin endpoint"))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata=doc("Prometheus metrics"))
     backends: tuple[BackendConfig, ...] = field(default=(), metadata=doc("MCP servers behind the gateway"))
     source: str = field(default="<embedded>", metadata=doc("(not a TOML key) the file this came from"))
     base_dir: str = field(default=".", metadata=doc("(not a TOML key) directory relative paths start from"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from sentinel_gw import __version__, observe
 from sentinel_gw.backends.base import BackendError, BackendState
+from sentinel_gw.backends.http import HttpBackend
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import BackendConfig, Config
@@ -41,6 +42,8 @@ from sentinel_gw.session import Session
 
 log = logging.getLogger("sentinel_gw.gateway")
 
+AnyBackend = StdioBackend | HttpBackend
+
 MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
@@ -62,7 +65,7 @@ class Gateway:
         self.environ = dict(os.environ if environ is None else environ)
         self.policy = policy or PolicyEngine(config, environ=self.environ)
         self.sessions: set[Session] = set()
-        self.backends: dict[str, StdioBackend] = {}
+        self.backends: dict[str, AnyBackend] = {}
         self.catalog = Catalog(
             [b.name for b in config.backends],
             {b.name: b.prefix for b in config.backends},
@@ -108,8 +111,9 @@ class Gateway:
             self._add_backend(cfg)
         await asyncio.gather(*(b.start() for b in self.backends.values()))
 
-    def _add_backend(self, cfg: BackendConfig) -> StdioBackend:
-        backend = StdioBackend(
+    def _add_backend(self, cfg: BackendConfig) -> AnyBackend:
+        kind = HttpBackend if cfg.type == "http" else StdioBackend
+        backend = kind(
             cfg,
             self,
             environ=self.environ,
@@ -157,7 +161,7 @@ class Gateway:
         self.policy_changed()
         return {"added": added, "removed": removed, "restarted": changed}
 
-    async def _retire(self, backend: StdioBackend) -> None:
+    async def _retire(self, backend: AnyBackend) -> None:
         deadline = time.monotonic() + self.config.gateway.shutdown_grace_secs
         while backend.in_flight() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -504,7 +508,7 @@ class Gateway:
 
     # -- calls ---------------------------------------------------------------------------------
 
-    def _backend_for(self, name: str) -> StdioBackend:
+    def _backend_for(self, name: str) -> AnyBackend:
         backend = self.backends.get(name)
         if backend is None:
             raise BackendError(name, "unavailable", f"Backend '{name}' is not available")
@@ -600,6 +604,7 @@ class Gateway:
             entry = await self._visible_tool(session, name)
             record.backend, record.original = entry.backend, entry.original
             self.policy.authorize_tool_call(session.identity, entry, arguments or {})
+            record.extra["forwarded"] = True
             return await self._forward(
                 session, entry.backend, "tools/call", {**params, "name": entry.original}
             )
@@ -632,6 +637,7 @@ class Gateway:
                 raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
             record.backend, record.original = entry.backend, entry.original
             self.policy.authorize_prompt_get(session.identity, entry)
+            record.extra["forwarded"] = True
             return await self._forward(
                 session, entry.backend, "prompts/get", {**params, "name": entry.original}
             )
@@ -657,6 +663,7 @@ class Gateway:
             record.backend = backend
             record.original = str(uri)
             self.policy.authorize_resource_read(session.identity, str(uri), backend)
+            record.extra["forwarded"] = True
             return await self._forward(session, backend, "resources/read", params)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -738,7 +745,7 @@ class Gateway:
         await self._push_log_level()
         return {}
 
-    async def _push_log_level(self, only: StdioBackend | None = None) -> None:
+    async def _push_log_level(self, only: AnyBackend | None = None) -> None:
         levels = [s.log_level for s in self.sessions if s.log_level]
         if not levels:
             return
@@ -752,7 +759,7 @@ class Gateway:
 
     # -- backend events (BackendEvents) ------------------------------------------------------
 
-    def _ready_backends(self) -> list[StdioBackend]:
+    def _ready_backends(self) -> list[AnyBackend]:
         return [b for b in self.backends.values() if b.ready]
 
     def _current(self, backend: Any) -> bool:
@@ -769,7 +776,7 @@ class Gateway:
         )
         self._spawn(self._on_backend_ready(backend))
 
-    async def _on_backend_ready(self, backend: StdioBackend) -> None:
+    async def _on_backend_ready(self, backend: AnyBackend) -> None:
         try:
             await self._refresh(backend, ("tools", "prompts", "resources"))
             await self._push_log_level(backend)
@@ -787,7 +794,9 @@ class Gateway:
         if not self._current(backend):
             return
         self.event(
-            "backend.gave_up" if reason == "gave_up" else "backend.crashed",
+            {"gave_up": "backend.gave_up", "circuit_open": "backend.circuit_open"}.get(
+                reason, "backend.crashed"
+            ),
             backend=backend.name,
             reason=reason,
             error=backend.last_error,
@@ -795,7 +804,8 @@ class Gateway:
         if reason == "gave_up":
             self.catalog.drop_backend(backend.name)
         self._rebuild()  # its entries leave the lists; a restarting backend keeps its names
-        if reason == "gave_up":
+        if reason in ("gave_up", "circuit_open"):
+            # Nothing to wait for: calls fail fast until a probe closes the circuit.
             self._lists_ready[backend.name].set()
         else:  # it restarts: callers may wait for it as they did at startup
             cfg = backend.cfg
@@ -804,7 +814,7 @@ class Gateway:
             )
             self._lists_ready[backend.name].clear()
 
-    async def _refresh(self, backend: StdioBackend, kinds: tuple[str, ...]) -> None:
+    async def _refresh(self, backend: AnyBackend, kinds: tuple[str, ...]) -> None:
         caps = backend.capabilities
         for kind in kinds:
             if kind not in caps:
@@ -822,7 +832,7 @@ class Gateway:
                 self.catalog.set_lists(backend.name, LIST_METHODS[method], items)
         self._rebuild()
 
-    async def _drain(self, backend: StdioBackend, method: str) -> list[Any]:
+    async def _drain(self, backend: AnyBackend, method: str) -> list[Any]:
         """All pages of one list, with caps and loop detection (a cursor seen twice ends it)."""
         key = LIST_METHODS[method]
         items: list[Any] = []
@@ -881,7 +891,7 @@ class Gateway:
         else:
             log.debug("backend %s: notification %s not relayed", backend.name, method)
 
-    def _schedule_refresh(self, backend: StdioBackend, kind: str) -> None:
+    def _schedule_refresh(self, backend: AnyBackend, kind: str) -> None:
         key = (backend.name, kind)
         if key in self._refresh_tasks:
             return  # one refresh per burst of notifications
@@ -898,7 +908,7 @@ class Gateway:
 
         self._refresh_tasks[key] = asyncio.create_task(later())
 
-    def _relay_log(self, backend: StdioBackend, params: dict[str, Any]) -> None:
+    def _relay_log(self, backend: AnyBackend, params: dict[str, Any]) -> None:
         if self.policy.backend_killed(backend.name):
             return
         level = params.get("level")

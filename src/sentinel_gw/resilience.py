@@ -25,8 +25,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from .httpwire import BodyTooLarge, HttpError
+
+if TYPE_CHECKING:
+    from sentinel_gw.config_schema import BreakerConfig
 
 __all__ = [
     "BreakerState",
@@ -164,6 +168,21 @@ class CircuitBreaker:
         """(calls, failures) recorded in the current window while closed."""
         calls, failures = self._window.totals()
         return int(calls), int(failures)
+
+    @classmethod
+    def from_config(
+        cls, cfg: BreakerConfig, *, name: str = "", on_state_change: StateListener | None = None
+    ) -> CircuitBreaker:
+        """The breaker a backend's `[backends.breaker]` table describes."""
+        return cls(
+            failure_threshold=cfg.failure_threshold,
+            failure_rate=cfg.failure_rate,
+            window_secs=cfg.window_secs,
+            min_calls=cfg.min_calls,
+            cooldown_secs=cfg.cooldown_secs,
+            on_state_change=on_state_change,
+            name=name,
+        )
 
     def allow(self) -> bool:
         now = self._clock()

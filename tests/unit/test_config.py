@@ -64,7 +64,7 @@ def test_example_loads_without_any_environment() -> None:
     cfg = load_config(EXAMPLE, environ={})
     assert [b.name for b in cfg.backends] == ["demo"]
     demo = cfg.backends[0]
-    assert (demo.type, demo.command, demo.args) == ("stdio", "python3", ("-m", "sentinel_gw.demo_server"))
+    assert (demo.type, demo.command, demo.args) == ("stdio", "sentinel-gw", ("demo-server",))
     assert cfg.auth.mode == "jwt"
     assert cfg.auth.secret_env == "SENTINEL_JWT_SECRET"
     assert set(cfg.rbac.roles) == {"admin", "developer", "viewer"}
@@ -235,6 +235,13 @@ def backend(extra: str, name: str = "a", type_: str = "stdio", command: str = "x
     return "[[backends]]\n" + "\n".join(lines) + "\n" + extra + "\n"
 
 
+def http_backend(extra: str, name: str = "h") -> str:
+    lines = [f'name = "{name}"', 'type = "http"']
+    if "url =" not in extra:
+        lines.append('url = "https://mcp.example/mcp"')
+    return "[[backends]]\n" + "\n".join(lines) + "\n" + extra + "\n"
+
+
 CROSS_FIELD = [
     # backends
     (backend("", name="a b"), "backends[0].name", "invalid backend name"),
@@ -246,12 +253,94 @@ CROSS_FIELD = [
         "already used by backends[0]",
     ),
     (backend("", command=""), "backends[0].command", 'required for type = "stdio"'),
-    (
-        backend('url = "https://x"', type_="http", command=""),
-        "backends[0].type",
-        "HTTP backends are not supported by this version yet",
-    ),
     (backend('url = "https://x"'), "backends[0].url", 'only valid with type = "http"'),
+    # http backends
+    (backend("", type_="http", command=""), "backends[0].url", 'required for type = "http"'),
+    (http_backend('url = "ftp://h/mcp"'), "backends[0].url", "http:// or https://"),
+    (http_backend('url = "https:///mcp"'), "backends[0].url", "no host"),
+    (http_backend('url = "https://u:p@h/mcp"'), "backends[0].url", "credentials in the URL"),
+    (http_backend('url = "https://h/m cp"'), "backends[0].url", "without spaces"),
+    (http_backend('url = "https://h:99999/mcp"'), "backends[0].url", "invalid URL"),
+    (http_backend('command = "x"'), "backends[0].command", 'only valid with type = "stdio"'),
+    (http_backend('env = { A = "b" }'), "backends[0].env", 'only valid with type = "stdio"'),
+    (
+        http_backend("[backends.restart]\nmax_restarts = 1"),
+        "backends[0].restart",
+        'only valid with type = "stdio"',
+    ),
+    (backend("retries = 3"), "backends[0].retries", 'only valid with type = "http"'),
+    (backend('headers = { X = "1" }'), "backends[0].headers", 'only valid with type = "http"'),
+    (backend('transport = "sse"'), "backends[0].transport", 'only valid with type = "http"'),
+    (backend("[backends.tls]\nverify = false"), "backends[0].tls", 'only valid with type = "http"'),
+    (http_backend('transport = "websocket"'), "backends[0].transport", '"auto", "streamable", "sse"'),
+    (http_backend('headers = { X = "a\\r\\nInjected: 1" }'), "backends[0].headers.X", "CR, LF"),
+    (http_backend('headers = { X = "a\\nb" }'), "backends[0].headers.X", "CR, LF"),
+    (http_backend('headers = { "Bad Name" = "1" }'), 'backends[0].headers."Bad Name"', "invalid header name"),
+    (http_backend('headers = { Host = "evil" }'), "backends[0].headers.Host", "set by the gateway"),
+    (
+        http_backend('headers = { "mcp-session-id" = "s" }'),
+        "backends[0].headers.mcp-session-id",
+        "set by the gateway",
+    ),
+    (
+        http_backend('headers_from_env = { "MCP-Protocol-Version" = "V" }'),
+        "backends[0].headers_from_env.MCP-Protocol-Version",
+        "set by the gateway",
+    ),
+    (
+        http_backend('headers_from_env = { "Transfer-Encoding" = "V" }'),
+        "backends[0].headers_from_env.Transfer-Encoding",
+        "set by the gateway",
+    ),
+    (
+        http_backend('headers_from_env = { Authorization = "MY-TOKEN" }'),
+        "backends[0].headers_from_env.Authorization",
+        "invalid source variable name",
+    ),
+    (
+        http_backend('headers = { "x-a" = "1" }\nheaders_from_env = { "X-A" = "T" }'),
+        "backends[0].headers_from_env.X-A",
+        "also set in headers",
+    ),
+    (http_backend("retries = -1"), "backends[0].retries", "at least 0"),
+    (http_backend("retries = 11"), "backends[0].retries", "at most 10"),
+    (http_backend("connect_timeout_secs = 0"), "backends[0].connect_timeout_secs", "greater than 0"),
+    (http_backend("health_interval_secs = -1"), "backends[0].health_interval_secs", "at least 0"),
+    (http_backend('idempotent_tools = [""]'), "backends[0].idempotent_tools[0]", "must not be empty"),
+    (http_backend("tool_timeouts = { t = 0 }"), "backends[0].tool_timeouts.t", "greater than 0"),
+    (
+        http_backend("tool_timeouts = { t = 700 }"),
+        "backends[0].tool_timeouts.t",
+        "must not exceed max_timeout_secs",
+    ),
+    (
+        http_backend("timeout_secs = 100\nmax_timeout_secs = 50"),
+        "backends[0].max_timeout_secs",
+        "at least timeout_secs",
+    ),
+    (
+        http_backend('url = "http://h/mcp"\n[backends.tls]\ncafile = "ca.pem"'),
+        "backends[0].tls",
+        "need an https:// url",
+    ),
+    (http_backend('[backends.tls]\nkeyfile = "k.pem"'), "backends[0].tls.keyfile", "needs tls.certfile"),
+    (
+        http_backend("[backends.breaker]\nfailure_threshold = 0"),
+        "backends[0].breaker.failure_threshold",
+        "at least 1",
+    ),
+    (http_backend("[backends.breaker]\nfailure_rate = 1.5"), "backends[0].breaker.failure_rate", "at most 1"),
+    (
+        http_backend("[backends.breaker]\nfailure_rate = 0"),
+        "backends[0].breaker.failure_rate",
+        "greater than 0",
+    ),
+    (http_backend("[backends.breaker]\nmin_calls = 0"), "backends[0].breaker.min_calls", "at least 1"),
+    (
+        http_backend("[backends.breaker]\nwindow_secs = 0"),
+        "backends[0].breaker.window_secs",
+        "greater than 0",
+    ),
     (backend('prefix = "a.b"'), "backends[0].prefix", "invalid prefix"),
     (backend("timeout_secs = 0"), "backends[0].timeout_secs", "must be greater than 0, got 0"),
     (backend("startup_timeout_secs = -1.0"), "backends[0].startup_timeout_secs", "greater than 0"),
@@ -402,6 +491,17 @@ VALID = [
     "[audit]\nsinks = ['sqlite', 'jsonl', 'postgres']\ntool_args = { a = 'full', b = 'none' }\n",
     "[gateway]\nmax_message_bytes = 1024\n",
     "",
+    http_backend(""),
+    http_backend('url = "http://127.0.0.1:8080/mcp"\ntransport = "sse"'),
+    http_backend('url = "http://[::1]:8080/"\nheaders = { "X-Tenant" = "acme", Accept-Language = "en" }'),
+    http_backend('headers_from_env = { Authorization = "BACKEND_TOKEN" }\nidempotent_tools = ["search"]'),
+    http_backend("retries = 0\nhealth_interval_secs = 0\ntool_timeouts = { build = 600 }"),
+    http_backend('[backends.tls]\ncafile = "ca.pem"\ncertfile = "c.pem"\nkeyfile = "k.pem"'),
+    http_backend("[backends.breaker]\nfailure_rate = 1\ncooldown_secs = 0"),
+    # stdio keys at their defaults on an http backend (and vice versa) are harmless
+    http_backend('command = ""\nargs = []\nenv = {}'),
+    backend('url = ""\nretries = 2\ntransport = "auto"\nheaders = {}'),
+    backend("tool_timeouts = { slow = 5 }\nhealth_interval_secs = 5\n[backends.breaker]\nmin_calls = 3"),
 ]
 
 
@@ -786,3 +886,46 @@ def test_no_secret_environment_is_read_while_loading(tmp_path: Path) -> None:
             return os.environ.get(key, default)
 
     load_config(EXAMPLE, environ=Guard())
+
+
+def test_http_backend_values_and_paths(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        http_backend(
+            'headers_from_env = { Authorization = "BACKEND_TOKEN" }\n'
+            'tool_timeouts = { build = 300 }\nidempotent_tools = ["search"]\n'
+            '[backends.tls]\ncafile = "certs/ca.pem"\n[backends.breaker]\ncooldown_secs = 5'
+        ),
+    )
+    b = cfg.backends[0]
+    assert (b.type, b.url, b.transport, b.retries) == ("http", "https://mcp.example/mcp", "auto", 2)
+    assert dict(b.headers_from_env) == {"Authorization": "BACKEND_TOKEN"}
+    assert b.tool_timeouts["build"] == 300.0 and type(b.tool_timeouts["build"]) is float
+    assert b.idempotent_tools == ("search",)
+    assert b.tls.cafile == str(tmp_path / "certs" / "ca.pem")
+    assert b.breaker == config_schema.BreakerConfig(cooldown_secs=5.0)
+
+
+def test_legacy_breaker_keys_point_to_the_new_table(tmp_path: Path) -> None:
+    err = error_for(tmp_path, http_backend("circuit_breaker_threshold = 3"))
+    assert_error(err, "backends[0].circuit_breaker_threshold", "[backends.breaker] failure_threshold")
+
+
+def test_http_warnings_and_summary_hide_secrets(tmp_path: Path) -> None:
+    cfg = load_text(
+        tmp_path,
+        http_backend('url = "http://10.1.2.3/mcp"\nheaders = { Authorization = "Bearer literal-secret" }')
+        + http_backend('url = "http://localhost:9000/mcp"', name="local")
+        + http_backend(
+            'headers_from_env = { "X-Api-Key" = "SEARCH_KEY" }\n[backends.tls]\nverify = false', name="s"
+        )
+        + ROLES,
+    )
+    text = summarize(cfg)
+    assert "literal-secret" not in text
+    assert "plain http:// to 10.1.2.3" in text
+    assert "plain http:// to localhost" not in text
+    assert "looks like a credential" in text
+    assert "tls.verify = false" in text
+    assert "X-Api-Key <- $SEARCH_KEY" in text
+    assert "transport auto" in text

@@ -28,6 +28,7 @@ class BackendError(jsonrpc.JsonRpcError):
         code = {
             "timeout": jsonrpc.REQUEST_TIMEOUT,
             "overloaded": jsonrpc.RATE_LIMITED,
+            "circuit_open": jsonrpc.CIRCUIT_OPEN,
         }.get(reason, jsonrpc.BACKEND_UNAVAILABLE)
         data: dict[str, Any] = {"reason": reason, "backend": backend}
         if retry_after_ms is not None:

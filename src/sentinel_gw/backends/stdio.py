@@ -21,7 +21,7 @@ from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
 from sentinel_gw.protocol.mcp import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE
-from sentinel_gw.resilience import HealthState, HealthTracker
+from sentinel_gw.resilience import CircuitBreaker, HealthState, HealthTracker
 
 log = logging.getLogger("sentinel_gw.backend")
 
@@ -164,6 +164,8 @@ class StdioBackend:
         self._drain_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
         self.health = HealthTracker(on_change=self._health_changed)
+        # A child that keeps timing out fails fast instead of tying up every caller for timeout_secs.
+        self.breaker = CircuitBreaker.from_config(cfg.breaker, name=cfg.name)
         self._restart_times: collections.deque[float] = collections.deque()
         self._wake = asyncio.Event()
 
@@ -214,7 +216,30 @@ class StdioBackend:
             timeout = self.cfg.timeout_secs
             if method == "tools/call" and params is not None:
                 timeout = self.cfg.tool_timeouts.get(params.get("name"), timeout)  # type: ignore[arg-type]
-        return await self._call(method, params, timeout, on_progress)
+        if not self.breaker.allow():
+            wait_ms = max(1, int(self.breaker.retry_after() * 1000))
+            raise BackendError(
+                self.name,
+                "circuit_open",
+                f"Backend '{self.name}' is failing; circuit open",
+                retry_after_ms=wait_ms,
+            )
+        try:
+            result = await self._call(method, params, timeout, on_progress)
+        except BackendError as exc:
+            if exc.reason in ("timeout", "crashed"):
+                self.breaker.record_failure()
+            else:
+                self.breaker.release()
+            raise
+        except jsonrpc.JsonRpcError:
+            self.breaker.record_success()  # an error reply is an answer: the child works
+            raise
+        except BaseException:
+            self.breaker.release()
+            raise
+        self.breaker.record_success()
+        return result
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
         if self._ready.is_set():

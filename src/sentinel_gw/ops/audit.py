@@ -54,7 +54,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -127,6 +127,7 @@ GATEWAY_EVENTS: tuple[str, ...] = (
     "backend.crashed",
     "backend.restarted",
     "backend.gave_up",
+    "backend.circuit_open",
 )
 
 _ERROR_MAX_BYTES = 2048
@@ -981,11 +982,16 @@ class AuditLog:
         self._dropped = 0
 
     @classmethod
-    def from_config(cls, cfg: Config, base_dir: str | os.PathLike[str] | None = None) -> AuditLog:
+    def from_config(
+        cls,
+        cfg: Config,
+        base_dir: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> AuditLog:
         audit = cfg.audit
         base = Path(base_dir if base_dir is not None else cfg.base_dir)
         return cls(
-            build_sinks(cfg, base),
+            build_sinks(cfg, base, environ),
             spool_dir=_resolve(base, audit.spool_dir, DEFAULT_SPOOL),
             queue_size=audit.queue_size,
             batch_size=audit.batch_size,
@@ -1486,11 +1492,15 @@ def args_policy(cfg: AuditConfig, tool: str | None) -> ArgsPolicy:
     return policy  # type: ignore[return-value]
 
 
-def _sqlite_factory(cfg: Config, base_dir: Path) -> SqliteSink:
+# Sink factory contract: factory(cfg, base_dir, environ) -> AuditSink. `environ` is the gateway's
+# environment (process environment plus the .env next to the config): sinks read secrets from it.
+
+
+def _sqlite_factory(cfg: Config, base_dir: Path, environ: Mapping[str, str] | None = None) -> SqliteSink:
     return SqliteSink(_resolve(base_dir, cfg.audit.sqlite_path, DEFAULT_SQLITE))
 
 
-def _jsonl_factory(cfg: Config, base_dir: Path) -> JsonlSink:
+def _jsonl_factory(cfg: Config, base_dir: Path, environ: Mapping[str, str] | None = None) -> JsonlSink:
     if cfg.audit.jsonl_path == "-":
         return JsonlSink("-")
     return JsonlSink(_resolve(base_dir, cfg.audit.jsonl_path, DEFAULT_JSONL))
@@ -1502,25 +1512,31 @@ plugins.register("audit_sink", "jsonl", _jsonl_factory)
 plugins.register("audit_sink", "postgres", "sentinel_gw.ops.audit_postgres:create_sink", extra="audit")
 
 
-def build_sinks(cfg: Config, base_dir: str | os.PathLike[str] | None = None) -> list[AuditSink]:
+def build_sinks(
+    cfg: Config, base_dir: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[AuditSink]:
     """One sink per `[audit] sinks` entry, through the plugin registry (raises PluginError)."""
     base = Path(base_dir if base_dir is not None else cfg.base_dir)
     sinks: list[AuditSink] = []
     for name in cfg.audit.sinks:
         factory = plugins.get("audit_sink", name)
-        sinks.append(factory(cfg, base))  # type: ignore[arg-type]
+        sinks.append(factory(cfg, base, environ))  # type: ignore[call-arg]
     return sinks
 
 
 def open_sink_for_cli(
-    cfg: Config, base_dir: str | os.PathLike[str] | None = None, *, name: str | None = None
+    cfg: Config,
+    base_dir: str | os.PathLike[str] | None = None,
+    *,
+    name: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> AuditSink:
     """The sink the CLI reads: `name`, else the first configured sink that can be read back
     (JSONL to stderr cannot)."""
     base = Path(base_dir if base_dir is not None else cfg.base_dir)
     candidates = [name] if name is not None else list(cfg.audit.sinks)
     for n in candidates:
-        sink = plugins.get("audit_sink", n)(cfg, base)
+        sink = plugins.get("audit_sink", n)(cfg, base, environ)  # type: ignore[call-arg]
         if isinstance(sink, JsonlSink) and sink.to_stderr and name is None:
             continue
         return sink  # type: ignore[return-value]
