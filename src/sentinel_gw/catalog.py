@@ -55,6 +55,10 @@ class CatalogView:
     templates: tuple[TemplateEntry, ...] = ()
     tool_by_name: Mapping[str, Entry] = field(default_factory=dict)
     prompt_by_name: Mapping[str, Entry] = field(default_factory=dict)
+    # Every named entry, including those of backends that are down (restarting, circuit open):
+    # calls resolve through these so they can wait for a restart or fail fast with the reason.
+    known_tools: Mapping[str, Entry] = field(default_factory=dict)
+    known_prompts: Mapping[str, Entry] = field(default_factory=dict)
     resource_by_uri: Mapping[str, ResourceEntry] = field(default_factory=dict)
 
     def route_resource(self, uri: str) -> str | None:
@@ -141,8 +145,10 @@ class Catalog:
         # restarting keeps its names: a colliding name never moves to another backend meanwhile.
         known = [b for b in self.order if b in self.lists]
         backends = [b for b in known if b in present]
-        tools = [e for e in self._name_entries(known, "tools") if e.backend in present]
-        prompts = [e for e in self._name_entries(known, "prompts") if e.backend in present]
+        all_tools = self._name_entries(known, "tools")
+        all_prompts = self._name_entries(known, "prompts")
+        tools = [e for e in all_tools if e.backend in present]
+        prompts = [e for e in all_prompts if e.backend in present]
         resources: list[ResourceEntry] = []
         by_uri: dict[str, ResourceEntry] = {}
         templates: list[TemplateEntry] = []
@@ -177,6 +183,8 @@ class Catalog:
             templates=tuple(templates),
             tool_by_name={e.exposed: e for e in tools},
             prompt_by_name={e.exposed: e for e in prompts},
+            known_tools={e.exposed: e for e in all_tools},
+            known_prompts={e.exposed: e for e in all_prompts},
             resource_by_uri=by_uri,
         )
         changed = set()

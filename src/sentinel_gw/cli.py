@@ -137,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub.add_parser("verify", help="check the hash chain (detects modified, deleted or moved rows)")
     a = audit_sub.add_parser("export", help="every event as JSON lines")
     a.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+
+    from sentinel_gw.setup_cmds import add_parsers
+
+    add_parsers(sub)  # init, doctor
     return parser
 
 
@@ -463,7 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
+    handler = COMMANDS.get(args.command) or args.func
     try:
-        return COMMANDS[args.command](args)
+        return int(handler(args))
     except KeyboardInterrupt:
         return 130

@@ -611,17 +611,25 @@ class Gateway:
         raise AssertionError("unreachable")  # pragma: no cover - the context manager re-raises
 
     async def _visible_tool(self, session: Session, name: str) -> Entry:
-        entry = self.catalog.view.tool_by_name.get(name)
-        if (
-            entry is None or not self.policy.tool_visible(session.identity, entry)
-        ) and not self.backends_settled():
+        return await self._resolve(session, name, "known_tools", self.policy.tool_visible, "tool")
+
+    async def _resolve(
+        self, session: Session, name: str, table: str, visible: Callable[[Any, Entry], bool], what: str
+    ) -> Entry:
+        """An exposed name to its entry, for a call. Names of backends that are down still resolve:
+        a restarting backend is waited for, an open circuit fails fast with its own error."""
+        entry = getattr(self.catalog.view, table).get(name)
+        if (entry is None or not visible(session.identity, entry)) and not self.backends_settled():
             # A call right after initialize (or a restart) may beat the lists. Hidden names wait
             # like unknown ones, so the delay tells a caller nothing about what exists.
             await self.wait_for_backends()
-            entry = self.catalog.view.tool_by_name.get(name)
-        if entry is None or not self.policy.tool_visible(session.identity, entry):
+            entry = getattr(self.catalog.view, table).get(name)
+        if entry is None or not visible(session.identity, entry):
             # Invisible and unknown look the same: no enumeration through errors.
-            raise Refusal("denied" if entry else "error", jsonrpc.INVALID_PARAMS, f"Unknown tool: {name}")
+            raise Refusal("denied" if entry else "error", jsonrpc.INVALID_PARAMS, f"Unknown {what}: {name}")
+        ready = self._lists_ready.get(entry.backend)
+        if ready is not None and not ready.is_set():
+            await self.wait_for_backends()  # restarting: wait as at startup, bounded by its deadline
         return entry
 
     async def _get_prompt(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
@@ -631,10 +639,7 @@ class Gateway:
                 raise jsonrpc.JsonRpcError(
                     jsonrpc.INVALID_PARAMS, "Invalid params: prompts/get needs a string name"
                 )
-            await self.wait_for_backends()
-            entry = self.catalog.view.prompt_by_name.get(name)
-            if entry is None or not self.policy.prompt_visible(session.identity, entry):
-                raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, f"Unknown prompt: {name}")
+            entry = await self._resolve(session, name, "known_prompts", self.policy.prompt_visible, "prompt")
             record.backend, record.original = entry.backend, entry.original
             self.policy.authorize_prompt_get(session.identity, entry)
             record.extra["forwarded"] = True
@@ -959,7 +964,10 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         return {
             name: {
+                "type": b.cfg.type,
                 "state": b.state.value,
+                "health": b.health.value,
+                "breaker": b.breaker.state.value,
                 "pid": b.pid,
                 "restarts": b.restarts,
                 "last_error": b.last_error,

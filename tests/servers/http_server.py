@@ -149,6 +149,20 @@ def build_tools(srv: HttpMcpServer) -> MiniServer:
             raise
         return text_result("unreachable")
 
+    @mini.tool("fail_next", "Answer the next requests with arguments.statuses (e.g. [503, 503])", any_args)
+    async def fail_next(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        srv.opts.fail.extend(int(x) for x in args.get("statuses", []))
+        return text_result("ok")
+
+    @mini.tool("slow", "Sleep arguments.seconds, reporting progress", any_args)
+    async def slow(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        seconds = float(args.get("seconds", 1.0))
+        steps = max(1, int(seconds / 0.05))
+        for i in range(1, steps + 1):
+            await asyncio.sleep(seconds / steps)
+            await ctx.progress(i, steps)
+        return text_result(f"slept {seconds}")
+
     @mini.tool("boom", "A tool error (isError)", any_args)
     async def boom(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return text_result("tool failed", is_error=True)

@@ -163,7 +163,7 @@ class StdioBackend:
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
         self._drain_task: asyncio.Task[None] | None = None
         self._health_task: asyncio.Task[None] | None = None
-        self.health = HealthTracker(on_change=self._health_changed)
+        self._health = HealthTracker(on_change=self._health_changed)
         # A child that keeps timing out fails fast instead of tying up every caller for timeout_secs.
         self.breaker = CircuitBreaker.from_config(cfg.breaker, name=cfg.name)
         self._restart_times: collections.deque[float] = collections.deque()
@@ -189,6 +189,10 @@ class StdioBackend:
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    @property
+    def health(self) -> HealthState:
+        return self._health.state
 
     def in_flight(self) -> int:
         return len(self._pending)
@@ -370,7 +374,7 @@ class StdioBackend:
                 self._ready.set()
                 self._settled.set()
                 log.info("backend %s ready (pid %s, protocol %s)", self.name, self.pid, self.protocol_version)
-                self.health.reset()
+                self._health.reset()
                 self.events.backend_ready(self)
                 self._start_health_checks()
                 code = await self._wait_exit()
@@ -571,8 +575,8 @@ class StdioBackend:
                 ok = True
             except jsonrpc.JsonRpcError as exc:
                 ok = not isinstance(exc, BackendError)  # an error reply still proves it is alive
-            self.health.record(ok)
-            if self.health.state is HealthState.UNHEALTHY and self._proc is not None:
+            self._health.record(ok)
+            if self._health.state is HealthState.UNHEALTHY and self._proc is not None:
                 log.error("backend %s: unhealthy (pings unanswered); restarting it", self.name)
                 self._kill_group(signal.SIGKILL)
                 return
