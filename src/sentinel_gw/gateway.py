@@ -240,7 +240,7 @@ class Gateway:
             if not task.cancelled() and task.exception() is None:
                 reply = task.result()
                 if reply is not None:
-                    session.send(reply)
+                    session.send(reply, message["id"])
 
         admitted.add_done_callback(deliver)
 
@@ -521,9 +521,10 @@ class Gateway:
         if not isinstance(meta, dict) or "progressToken" not in meta:
             return None
         token = meta["progressToken"]
+        related = current_request_id.get()  # captured here: the relay runs in the backend's reader
 
         def relay(upstream: dict[str, Any]) -> None:
-            session.notify("notifications/progress", {**upstream, "progressToken": token})
+            session.notify("notifications/progress", {**upstream, "progressToken": token}, related)
 
         return relay
 
@@ -536,13 +537,15 @@ class Gateway:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         backend = self._backend_for(backend_name)
-        session.backend_calls[backend_name] = session.backend_calls.get(backend_name, 0) + 1
+        calls = session.backend_calls.setdefault(backend_name, set())
+        request_id = current_request_id.get()
+        calls.add(request_id)
         try:
             return await backend.request(
                 method, params, timeout=timeout, on_progress=self._progress_relay(session, params)
             )
         finally:
-            session.backend_calls[backend_name] -= 1
+            calls.discard(request_id)
 
     @contextlib.asynccontextmanager
     async def _observed(
@@ -938,7 +941,9 @@ class Gateway:
         if method == "elicitation/create" and isinstance(params.get("message"), str):
             # The user must see which server is asking.
             params = {**params, "message": f"[{backend.name}] {params['message']}"}
-        return await session.request(method, params, self.config.gateway.client_request_timeout_secs)
+        calls = session.backend_calls.get(backend.name) or set()
+        related = next(iter(calls)) if len(calls) == 1 else None  # the call it must belong to
+        return await session.request(method, params, self.config.gateway.client_request_timeout_secs, related)
 
     def _route_server_request(self, backend: str, capability: str) -> Session:
         capable = [s for s in self.sessions if s.state != "new" and capability in s.client_capabilities]

@@ -10,13 +10,16 @@ from typing import Any
 from sentinel_gw.policy.identity import Identity
 from sentinel_gw.protocol import jsonrpc
 
+Sender = Callable[[dict[str, Any] | list[Any], Any], None]
+
 
 class Session:
-    """Front-agnostic: a front creates it with a `send` function that queues one message."""
+    """Front-agnostic: a front creates it with a `send(message, related)` function that queues one
+    message. `related` is the client's id of the request a message belongs to (its response, its
+    progress, a question asked while it runs), or None for messages that belong to no request
+    (list changes, resource updates): an HTTP front routes by it, stdio ignores it."""
 
-    def __init__(
-        self, identity: Identity, send: Callable[[dict[str, Any] | list[Any]], None], *, transport: str
-    ) -> None:
+    def __init__(self, identity: Identity, send: Sender, *, transport: str) -> None:
         self.id = secrets.token_hex(8)
         self.identity = identity
         self.transport = transport
@@ -28,7 +31,7 @@ class Session:
         self.log_level: str | None = None
         self.subscriptions: set[str] = set()
         self.in_flight: dict[jsonrpc.JsonId, asyncio.Task[None]] = {}
-        self.backend_calls: dict[str, int] = {}  # backend -> requests of ours in flight there
+        self.backend_calls: dict[str, set[Any]] = {}  # backend -> client ids of calls in flight there
         self._outbound: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_out = 0
         self.closed = False
@@ -39,14 +42,16 @@ class Session:
         name = self.client_info.get("name")
         return name if isinstance(name, str) else ""
 
-    def send(self, message: dict[str, Any] | list[Any]) -> None:
+    def send(self, message: dict[str, Any] | list[Any], related: Any = None) -> None:
         if not self.closed:
-            self._send(message)
+            self._send(message, related)
 
-    def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
-        self.send(jsonrpc.notification(method, params))
+    def notify(self, method: str, params: dict[str, Any] | None = None, related: Any = None) -> None:
+        self.send(jsonrpc.notification(method, params), related)
 
-    async def request(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def request(
+        self, method: str, params: dict[str, Any], timeout: float, related: Any = None
+    ) -> dict[str, Any]:
         """Send a request to the client and wait for its answer (server-to-client direction)."""
         if self.closed:
             raise jsonrpc.JsonRpcError(jsonrpc.INTERNAL_ERROR, "client session is closed")
@@ -55,15 +60,17 @@ class Session:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._outbound[out_id] = fut
         try:
-            self.send(jsonrpc.request(out_id, method, params))
+            self.send(jsonrpc.request(out_id, method, params), related)
             return await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
-            self.notify("notifications/cancelled", {"requestId": out_id, "reason": "timeout"})
+            self.notify("notifications/cancelled", {"requestId": out_id, "reason": "timeout"}, related)
             raise jsonrpc.JsonRpcError(
                 jsonrpc.REQUEST_TIMEOUT, f"client did not answer {method} within {timeout:g} s"
             ) from None
         except asyncio.CancelledError:
-            self.notify("notifications/cancelled", {"requestId": out_id, "reason": "cancelled by server"})
+            self.notify(
+                "notifications/cancelled", {"requestId": out_id, "reason": "cancelled by server"}, related
+            )
             raise
         finally:
             self._outbound.pop(out_id, None)

@@ -130,7 +130,7 @@ async def serve_stdio(
     writer = await _open_writer(stdout)
     pending_drain: list[asyncio.Task[None]] = []
 
-    def send(message: dict[str, Any] | list[Any]) -> None:
+    def send(message: dict[str, Any] | list[Any], related: Any = None) -> None:
         backlog = writer.buffered()
         if backlog > _SHED_NOTIFICATIONS_AT:
             if isinstance(message, dict) and message.get("method") in _SHEDDABLE:
