@@ -778,6 +778,28 @@ def _check_config(cfg: Config, errs: _Errors) -> None:
             parse_listen(cfg.admin.listen)
         except ValueError as exc:
             errs.add("admin.listen", str(exc))
+    if cfg.http.listen:
+        from sentinel_gw.ops.admin import parse_listen
+
+        try:
+            parse_listen(cfg.http.listen)
+        except ValueError as exc:
+            errs.add("http.listen", str(exc))
+    if not cfg.http.path.startswith("/") or any(c in cfg.http.path for c in "?# "):
+        errs.add("http.path", "must be an absolute path without query, fragment or spaces")
+    if bool(cfg.http.tls_cert_file) != bool(cfg.http.tls_key_file):
+        errs.add("http.tls_key_file", "tls_cert_file and tls_key_file go together")
+    for i, origin in enumerate(cfg.http.allowed_origins):
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            errs.add(f"http.allowed_origins[{i}]", f"{origin!r} is not an origin (scheme://host[:port])")
+    if cfg.http.public_url and not re.fullmatch(r"https?://[^\s#?]+", cfg.http.public_url):
+        errs.add("http.public_url", "must be an http(s) URL without query or fragment")
+    for key in ("max_connections", "max_sessions", "max_header_bytes"):
+        if getattr(cfg.http, key) < 1:
+            errs.add(f"http.{key}", "must be at least 1")
+    for key in ("session_idle_secs", "header_timeout_secs", "idle_timeout_secs", "sse_keepalive_secs"):
+        if getattr(cfg.http, key) <= 0:
+            errs.add(f"http.{key}", "must be greater than 0")
     if cfg.admin.token_env:
         _check_env_name(cfg.admin.token_env, "admin.token_env", errs)
     names = {b.name for b in cfg.backends}

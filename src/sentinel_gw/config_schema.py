@@ -359,6 +359,51 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpFrontConfig:
+    listen: str = field(
+        default="",
+        metadata=doc(
+            "Address of the Streamable HTTP front, e.g. `127.0.0.1:8080`; empty = off. Keep it on "
+            "loopback unless TLS and allowed origins are set"
+        ),
+    )
+    path: str = field(default="/mcp", metadata=doc("The MCP endpoint path"))
+    public_url: str = field(
+        default="",
+        metadata=doc(
+            "The gateway's canonical URL as clients reach it (RFC 9728 `resource`, the audience "
+            "tokens must carry when auth.audience is empty); empty = derived from listen and path"
+        ),
+    )
+    allowed_origins: tuple[str, ...] = field(
+        default=(),
+        metadata=doc(
+            "Origins allowed to call the endpoint (DNS-rebinding protection); a request carrying "
+            "any other Origin gets 403. Loopback origins are allowed when listening on loopback"
+        ),
+    )
+    authorization_servers: tuple[str, ...] = field(
+        default=(), metadata=doc("Issuer URLs published in /.well-known/oauth-protected-resource")
+    )
+    scopes_supported: tuple[str, ...] = field(
+        default=(), metadata=doc("Scopes published in the protected-resource metadata")
+    )
+    tls_cert_file: str = field(default="", metadata=doc("PEM certificate chain: serve HTTPS"))
+    tls_key_file: str = field(default="", metadata=doc("PEM private key for tls_cert_file"))
+    max_connections: int = field(default=256, metadata=doc("Concurrent client connections"))
+    max_sessions: int = field(default=1000, metadata=doc("Handshake-era sessions kept at once"))
+    session_idle_secs: float = field(
+        default=1800.0, metadata=doc("A session unused this long expires (then 404 Session not found)")
+    )
+    max_header_bytes: int = field(default=16384, metadata=doc("Largest request head"))
+    header_timeout_secs: float = field(
+        default=10.0, metadata=doc("Time allowed to send a request head (slow clients are cut off)")
+    )
+    idle_timeout_secs: float = field(default=60.0, metadata=doc("Keep-alive connection idle timeout"))
+    sse_keepalive_secs: float = field(default=15.0, metadata=doc("Comment lines on idle SSE streams"))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; `source` is the file it came from ("<embedded>" for the demo)."""
 
@@ -368,6 +413,7 @@ class Config:
     rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig, metadata=doc("Rate limits"))
     kill_switch: KillSwitchConfig = field(default_factory=KillSwitchConfig, metadata=doc("Kill switch"))
     audit: AuditConfig = field(default_factory=AuditConfig, metadata=doc("Audit trail"))
+    http: HttpFrontConfig = field(default_factory=HttpFrontConfig, metadata=doc("Streamable HTTP front"))
     admin: AdminConfig = field(default_factory=AdminConfig, metadata=doc("Admin endpoint"))
     metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata=doc("Prometheus metrics"))
     backends: tuple[BackendConfig, ...] = field(default=(), metadata=doc("MCP servers behind the gateway"))
