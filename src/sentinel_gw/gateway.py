@@ -27,16 +27,25 @@ from sentinel_gw.policy.engine import PolicyEngine, Refusal
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.mcp import (
     BATCH_VERSION,
+    CLIENT_CAPABILITIES_KEY,
     CLIENT_REQUEST_CAPABILITY,
     LIST_CHANGED,
     LIST_METHODS,
     LOG_LEVEL_RANK,
     LOG_LEVELS,
+    MODERN_VERSIONS,
+    REMOVED_IN_MODERN,
+    SUBSCRIPTION_ID_KEY,
+    SUPPORTED_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
     CursorCodec,
     merge_instructions,
+    modern_result,
+    modern_version,
     name_budget,
     negotiate_version,
     upstream_capabilities,
+    upstream_params,
 )
 from sentinel_gw.session import Session
 
@@ -47,9 +56,29 @@ AnyBackend = StdioBackend | HttpBackend
 MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
+MAX_LISTEN_URIS = 100
+LISTEN_KINDS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
+SERVER_INFO = {"name": "sentinel-gw", "title": "sentinel-gw MCP gateway", "version": __version__}
 MAX_BATCH = 100
 
 Handler = Callable[[Session, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class Listener:
+    """One 2026-07-28 subscriptions/listen stream: what it asked for, and how to reach it."""
+
+    __slots__ = ("id", "kinds", "session")
+
+    def __init__(self, session: Session, listen_id: Any, kinds: frozenset[str]) -> None:
+        self.session = session
+        self.id = listen_id
+        self.kinds = kinds
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        meta = {**params.get("_meta", {}), SUBSCRIPTION_ID_KEY: self.id}
+        self.session.notify(method, {**params, "_meta": meta}, self.id)
+
+
 _BACKEND_STATUS = {
     "timeout": observe.TIMEOUT,
     "circuit_open": observe.CIRCUIT_OPEN,
@@ -82,6 +111,7 @@ class Gateway:
         self._upstream_caps_ready = asyncio.Event()
         self._subscribers: dict[tuple[str, str], set[Session]] = {}
         self._stopping = False
+        self._stopped = asyncio.Event()  # ends subscriptions/listen streams gracefully
         self._handlers: dict[str, Handler] = {
             "ping": self._ping,
             "tools/list": self._list_tools,
@@ -184,6 +214,7 @@ class Gateway:
 
     async def stop(self, *, force: bool = False) -> None:
         self._stopping = True
+        self._stopped.set()
         self.event("shutdown")
         if force:
             self.kill_backends()
@@ -206,10 +237,8 @@ class Gateway:
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
         for key, subs in list(self._subscribers.items()):
-            if session in subs:
-                subs.discard(session)
-                if not subs:
-                    await self._upstream_unsubscribe(key)
+            for who in [w for w in subs if w is session or getattr(w, "session", None) is session]:
+                await self._drop_subscriber(key, who)
         session.close()
         self.sessions.discard(session)
 
@@ -281,6 +310,9 @@ class Gateway:
         method = message["method"]
         params = message.get("params") or {}
         try:
+            version = modern_version(params)
+            if version is not None:
+                return jsonrpc.result(req_id, await self._modern(session, req_id, method, params, version))
             if method == "initialize":
                 return jsonrpc.result(req_id, self._initialize(session, params))
             handler = self._handlers.get(method)
@@ -303,6 +335,112 @@ class Gateway:
         except Exception:
             log.exception("internal error handling %s", method)
             return jsonrpc.error(req_id, jsonrpc.INTERNAL_ERROR, "Internal error")
+
+    async def _modern(
+        self, session: Session, req_id: Any, method: str, params: dict[str, Any], version: str
+    ) -> dict[str, Any]:
+        """A 2026-07-28 request: self-contained (no initialize), its version and the client's
+        capabilities in `_meta`, a result with resultType and, where cacheable, cache hints."""
+        if version not in MODERN_VERSIONS:
+            raise jsonrpc.JsonRpcError(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": list(SUPPORTED_VERSIONS), "requested": version},
+            )
+        caps = params["_meta"].get(CLIENT_CAPABILITIES_KEY)
+        if not isinstance(caps, dict):
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_PARAMS, f"Invalid params: _meta must carry {CLIENT_CAPABILITIES_KEY}"
+            )
+        # Backends wait for the first client to learn what may be declared upstream. A 2026-07-28
+        # client cannot take server-to-client requests (input_required bridging is not built yet),
+        # so nothing is declared: backends then never ask what cannot be routed.
+        self.set_upstream_capabilities({})
+        if method in REMOVED_IN_MODERN:
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method} (removed in {version})"
+            )
+        if session.auth_error:
+            raise Refusal("denied", jsonrpc.UNAUTHENTICATED, session.auth_error, {"reason": "reload"})
+        self.policy.check_identity(session.identity)
+        if method == "server/discover":
+            result = self.discover()
+        elif method == "subscriptions/listen":
+            result = await self._listen(session, req_id, params)
+        else:
+            handler = self._handlers.get(method)
+            if handler is None:
+                raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
+            try:
+                result = await handler(session, upstream_params(params))
+            except jsonrpc.JsonRpcError as exc:
+                if exc.code == jsonrpc.RESOURCE_NOT_FOUND:  # retired in 2026-07-28
+                    raise jsonrpc.JsonRpcError(jsonrpc.INVALID_PARAMS, exc.message, exc.data) from None
+                raise
+        return modern_result(method, result, SERVER_INFO)
+
+    def discover(self) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "supportedVersions": list(SUPPORTED_VERSIONS),
+            "capabilities": self.capabilities(),
+        }
+        instructions = merge_instructions(
+            self.config.gateway.instructions,
+            ((b.name, b.instructions) for b in self.backends.values() if b.ready),
+        )
+        if instructions:
+            result["instructions"] = instructions
+        return result
+
+    async def _listen(self, session: Session, req_id: Any, params: dict[str, Any]) -> dict[str, Any]:
+        """subscriptions/listen: acknowledge what is honoured, then push matching notifications
+        tagged with the subscription id (the request's id) until the client cancels it or the
+        gateway stops (then a final result ends the stream)."""
+        wanted = params.get("notifications")
+        if not isinstance(wanted, dict):
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INVALID_PARAMS, "Invalid params: notifications must be an object"
+            )
+        honoured: dict[str, Any] = {k: True for k in LISTEN_KINDS if wanted.get(k) is True}
+        listener = Listener(session, req_id, frozenset(honoured))
+        keys: list[tuple[str, str]] = []
+        uris = wanted.get("resourceSubscriptions")
+        if isinstance(uris, list):
+            await self.wait_for_backends()
+            granted = []
+            for uri in uris[:MAX_LISTEN_URIS]:
+                key = await self._subscribe_listener(session, uri, listener)
+                if key is not None:
+                    keys.append(key)
+                    granted.append(uri)
+            if granted:
+                honoured["resourceSubscriptions"] = granted
+        session.listeners[req_id] = listener
+        meta = {SUBSCRIPTION_ID_KEY: req_id}
+        session.notify(
+            "notifications/subscriptions/acknowledged", {"notifications": honoured, "_meta": meta}, req_id
+        )
+        try:
+            await self._stopped.wait()
+            return {"_meta": meta}
+        finally:
+            session.listeners.pop(req_id, None)
+            for key in keys:
+                await self._drop_subscriber(key, listener)
+
+    async def _subscribe_listener(
+        self, session: Session, uri: Any, listener: Listener
+    ) -> tuple[str, str] | None:
+        try:
+            backend = self._resource_owner(session, uri)
+            self.policy.authorize_resource_read(session.identity, str(uri), backend)
+            if not self._backend_for(backend).capabilities.get("resources", {}).get("subscribe"):
+                return None
+            key = (backend, str(uri))
+            await self._add_subscriber(session, key, listener, {"uri": uri})
+        except jsonrpc.JsonRpcError:
+            return None  # not honoured: the acknowledgement leaves it out
+        return key
 
     async def _batch(self, session: Session, batch: list[Any]) -> None:
         if session.protocol_version != BATCH_VERSION:
@@ -392,7 +530,7 @@ class Gateway:
         result: dict[str, Any] = {
             "protocolVersion": session.protocol_version,
             "capabilities": self.capabilities(),
-            "serverInfo": {"name": "sentinel-gw", "title": "sentinel-gw MCP gateway", "version": __version__},
+            "serverInfo": SERVER_INFO,
         }
         instructions = merge_instructions(
             self.config.gateway.instructions,
@@ -684,18 +822,30 @@ class Gateway:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.METHOD_NOT_FOUND, "Resource subscriptions are not supported for this resource"
             )
-        key = (backend, str(uri))
+        await self._add_subscriber(session, (backend, str(uri)), session, params)
+        session.subscriptions.add(str(uri))
+        return {}
+
+    async def _add_subscriber(
+        self, session: Session, key: tuple[str, str], who: Any, params: dict[str, Any]
+    ) -> None:
+        """Reference-counted upstream subscription: the first subscriber subscribes the backend."""
         subs = self._subscribers.setdefault(key, set())
         if not subs:
             try:
-                await self._forward(session, backend, "resources/subscribe", params)
+                await self._forward(session, key[0], "resources/subscribe", {"uri": params.get("uri")})
             except BaseException:
                 if not self._subscribers.get(key):
                     self._subscribers.pop(key, None)
                 raise
-        subs.add(session)
-        session.subscriptions.add(str(uri))
-        return {}
+        subs.add(who)
+
+    async def _drop_subscriber(self, key: tuple[str, str], who: Any) -> None:
+        subs = self._subscribers.get(key)
+        if subs is not None:
+            subs.discard(who)
+            if not subs:
+                await self._upstream_unsubscribe(key)
 
     async def _unsubscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         uri = params.get("uri")
@@ -704,9 +854,7 @@ class Gateway:
         session.subscriptions.discard(uri)
         for key, subs in list(self._subscribers.items()):
             if key[1] == uri and session in subs:
-                subs.discard(session)
-                if not subs:
-                    await self._upstream_unsubscribe(key)
+                await self._drop_subscriber(key, session)
         return {}
 
     async def _upstream_unsubscribe(self, key: tuple[str, str]) -> None:
@@ -870,9 +1018,14 @@ class Gateway:
             self._broadcast_list_changed(kind)
 
     def _broadcast_list_changed(self, kind: str) -> None:
+        method = LIST_CHANGED[kind]
+        wanted = f"{kind}ListChanged"
         for session in list(self.sessions):
-            if session.state != "new":
-                session.notify(LIST_CHANGED[kind])
+            if session.state != "new":  # a handshake-era session: pushed on its channel
+                session.notify(method)
+            for listener in list(session.listeners.values()):  # 2026-07-28: only to listens that asked
+                if wanted in listener.kinds:
+                    listener.notify(method, {})
 
     def policy_changed(self) -> None:
         """Kill switch or policy changed: lists may look different to every client."""
@@ -890,8 +1043,8 @@ class Gateway:
             self._schedule_refresh(backend, kind)
         elif method == "notifications/resources/updated":
             uri = params.get("uri")
-            for session in self._subscribers.get((backend.name, uri), set()) if isinstance(uri, str) else ():
-                session.notify(method, params)
+            for who in list(self._subscribers.get((backend.name, uri), ())) if isinstance(uri, str) else ():
+                who.notify(method, params)
         elif method == "notifications/message":
             self._relay_log(backend, params)
         elif method == "notifications/cancelled":

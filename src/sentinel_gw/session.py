@@ -30,6 +30,7 @@ class Session:
         self.client_capabilities: dict[str, Any] = {}
         self.log_level: str | None = None
         self.subscriptions: set[str] = set()
+        self.listeners: dict[Any, Any] = {}  # 2026-07-28 subscriptions/listen streams by request id
         self.in_flight: dict[jsonrpc.JsonId, asyncio.Task[None]] = {}
         self.backend_calls: dict[str, set[Any]] = {}  # backend -> client ids of calls in flight there
         self._outbound: dict[int, asyncio.Future[dict[str, Any]]] = {}

@@ -10,9 +10,39 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# Handshake-era revisions, newest first. 2026-07-28 (stateless) is served by a later front.
+# Handshake-era revisions, newest first.
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
+# Stateless revisions: every request carries its version and client capabilities in `_meta`.
+MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
+SUPPORTED_VERSIONS: tuple[str, ...] = MODERN_VERSIONS + HANDSHAKE_VERSIONS
+
+META_PREFIX = "io.modelcontextprotocol/"
+PROTOCOL_VERSION_KEY = META_PREFIX + "protocolVersion"
+CLIENT_CAPABILITIES_KEY = META_PREFIX + "clientCapabilities"
+SERVER_INFO_KEY = META_PREFIX + "serverInfo"
+SUBSCRIPTION_ID_KEY = META_PREFIX + "subscriptionId"
+
+# 2026-07-28 error codes.
+HEADER_MISMATCH = -32020
+MISSING_CLIENT_CAPABILITY = -32021
+UNSUPPORTED_PROTOCOL_VERSION = -32022
+
+# Handshake-era methods a 2026-07-28 request may not use.
+REMOVED_IN_MODERN = frozenset(
+    {"initialize", "ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"}
+)
+# Results clients may cache (they get ttlMs and cacheScope).
+CACHEABLE = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    }
+)
 BATCH_VERSION = "2025-03-26"  # the only revision in which JSON-RPC batches are allowed
 
 LOG_LEVELS: tuple[str, ...] = (
@@ -46,6 +76,45 @@ CLIENT_REQUEST_CAPABILITY: dict[str, str] = {
 }
 # What the gateway can route from a backend to its client, so what it may declare upstream.
 ROUTABLE_CLIENT_CAPABILITIES: tuple[str, ...] = ("roots", "sampling", "elicitation")
+
+
+def modern_version(params: Mapping[str, Any]) -> str | None:
+    """The 2026-07-28-style version a request declares in `_meta`, or None (handshake era)."""
+    meta = params.get("_meta")
+    if isinstance(meta, dict):
+        version = meta.get(PROTOCOL_VERSION_KEY)
+        if version is not None:
+            return version if isinstance(version, str) else ""
+    return None
+
+
+def upstream_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A modern request's params without the client-to-gateway `_meta` keys: those describe our
+    hop, not the backend's (progressToken and any other key stay)."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or not any(k.startswith(META_PREFIX) for k in meta):
+        return params
+    kept = {k: v for k, v in meta.items() if not k.startswith(META_PREFIX)}
+    out = {k: v for k, v in params.items() if k != "_meta"}
+    if kept:
+        out["_meta"] = kept
+    return out
+
+
+def modern_result(method: str, result: dict[str, Any], server_info: Mapping[str, Any]) -> dict[str, Any]:
+    """A result as 2026-07-28 requires: resultType, cache hints on cacheable results, serverInfo.
+
+    Every list the gateway serves is filtered by the caller's roles, so cacheScope is always
+    "private"; backends behind the gateway give no TTL, so ttlMs is 0 (immediately stale).
+    """
+    out = dict(result)
+    out.setdefault("resultType", "complete")
+    if method in CACHEABLE:
+        out["ttlMs"] = 0
+        out["cacheScope"] = "private"
+    meta = out.get("_meta")
+    out["_meta"] = {**(meta if isinstance(meta, dict) else {}), SERVER_INFO_KEY: dict(server_info)}
+    return out
 
 
 def negotiate_version(requested: object) -> str:
