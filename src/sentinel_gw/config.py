@@ -478,7 +478,17 @@ RESERVED_HEADERS: frozenset[str] = frozenset(
     }
 )
 _SECRET_HEADER_HINTS = ("authorization", "cookie", "token", "secret", "api-key", "apikey", "password")
-STDIO_ONLY_KEYS: tuple[str, ...] = ("command", "args", "cwd", "env", "env_from", "inherit_env", "restart")
+STDIO_ONLY_KEYS: tuple[str, ...] = (
+    "command",
+    "args",
+    "cwd",
+    "env",
+    "env_from",
+    "inherit_env",
+    "restart",
+    "era",
+    "probe_timeout_secs",
+)
 HTTP_ONLY_KEYS: tuple[str, ...] = (
     "url",
     "headers",

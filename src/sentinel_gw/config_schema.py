@@ -185,6 +185,17 @@ class BackendConfig:
     startup_timeout_secs: float = field(
         default=30.0, metadata=doc("Time allowed for start + initialize; lists wait this long for it")
     )
+    era: Literal["legacy", "modern", "auto"] = field(
+        default="legacy",
+        metadata=doc(
+            "stdio: protocol era spoken to the backend: `legacy` (initialize handshake), `modern` "
+            "(2026-07-28, per-request _meta) or `auto` (probe with server/discover, fall back to "
+            "initialize; a silent server costs `probe_timeout_secs` once per start)"
+        ),
+    )
+    probe_timeout_secs: float = field(
+        default=5.0, metadata=doc("stdio, era = auto: time allowed for the probe")
+    )
     max_in_flight: int = field(
         default=32, metadata=doc("Concurrent requests to this backend; more are refused")
     )

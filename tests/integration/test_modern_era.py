@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+from pathlib import Path
 
 import pytest
 from mcp import Client
@@ -77,3 +80,28 @@ async def test_raw_modern_requests(make_config, open_gateway):
     # The same process still serves the handshake era.
     init = await gw.initialize()
     assert init["protocolVersion"] == "2025-11-25"
+
+
+SDK_SERVER = str(Path(__file__).resolve().parent.parent / "servers" / "sdk_server.py")
+
+
+@pytest.mark.parametrize("era", ["modern", "auto"])
+async def test_modern_backend_behind_a_handshake_client(make_config, open_gateway, era):
+    """A handshake-era client in front of a 2026-07-28 backend (the official SDK's server)."""
+    sdk = {
+        "name": "sdk",
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [SDK_SERVER],
+        "era": era,
+        "prefix": "sdk",
+        "inherit_env": ["PYTHONPATH"],
+    }
+    cfg = make_config([backend("a", era="auto"), sdk])
+    gw = await open_gateway(cfg)
+    names = [t["name"] for t in (await gw.request("tools/list", timeout=30))["tools"]]
+    assert "echo" in names and "sdk_echo" in names and "sdk_add" in names
+    res = await gw.request("tools/call", {"name": "sdk_add", "arguments": {"a": 2, "b": 3}})
+    assert "5" in json.dumps(res)
+    res = await gw.request("tools/call", {"name": "echo", "arguments": {"message": "legacy"}})
+    assert "legacy" in json.dumps(res)  # era=auto fell back to initialize for the handshake-only server

@@ -20,7 +20,17 @@ from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState,
 from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
-from sentinel_gw.protocol.mcp import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE
+from sentinel_gw.protocol.mcp import (
+    CLIENT_CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    HANDSHAKE_VERSIONS,
+    LATEST_HANDSHAKE,
+    MODERN_VERSIONS,
+    PROTOCOL_VERSION_KEY,
+    REMOVED_IN_MODERN,
+    SERVER_INFO_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
 from sentinel_gw.resilience import CircuitBreaker, HealthState, HealthTracker
 
 log = logging.getLogger("sentinel_gw.backend")
@@ -34,6 +44,7 @@ STDERR_MAX_LINE = 2000
 STOP_STDIN_GRACE = 2.0
 STOP_TERM_GRACE = 2.0
 _READ_CHUNK = 1 << 16
+LISTEN_TIMEOUT = 10 * 365 * 86400.0  # a listen stream lives as long as the child
 _WRITE_HIGH_WATER = 1 << 18
 
 
@@ -162,6 +173,9 @@ class StdioBackend:
         self._io_tasks: list[asyncio.Task[Any]] = []
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
         self._drain_task: asyncio.Task[None] | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self.modern = False  # speaking 2026-07-28 to this child (decided at each start)
+        self._upstream_caps: dict[str, Any] = {}
         self._health_task: asyncio.Task[None] | None = None
         self._health = HealthTracker(on_change=self._health_changed)
         # A child that keeps timing out fails fast instead of tying up every caller for timeout_secs.
@@ -216,6 +230,12 @@ class StdioBackend:
                 f"Backend '{self.name}' has {self.cfg.max_in_flight} requests in flight; try again shortly",
                 retry_after_ms=100,
             )
+        if self.modern:
+            if method in REMOVED_IN_MODERN:
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.METHOD_NOT_FOUND, f"{method} does not exist in {self.protocol_version}"
+                )
+            params = self._modern_params(params)
         if timeout is None:
             timeout = self.cfg.timeout_secs
             if method == "tools/call" and params is not None:
@@ -243,6 +263,14 @@ class StdioBackend:
             self.breaker.release()
             raise
         self.breaker.record_success()
+        if self.modern and result.get("resultType", "complete") != "complete":
+            # input_required (MRTR) cannot be bridged yet: say so rather than pass a half answer on.
+            raise BackendError(
+                self.name,
+                "unavailable",
+                f"Backend '{self.name}' asked for client input (input_required), which the gateway "
+                "cannot relay yet",
+            )
         return result
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -377,9 +405,16 @@ class StdioBackend:
                 self._health.reset()
                 self.events.backend_ready(self)
                 self._start_health_checks()
+                if self.modern:
+                    self._listen_task = asyncio.create_task(
+                        self._listen_upstream(), name=f"listen:{self.name}"
+                    )
                 code = await self._wait_exit()
                 self._ready.clear()
                 self._stop_health_checks()
+                if self._listen_task is not None:
+                    self._listen_task.cancel()
+                    self._listen_task = None
                 if self._stopping:
                     return
                 what = f"exited (code {code})" if code is not None else "closed its stdout"
@@ -457,6 +492,10 @@ class StdioBackend:
 
     async def _handshake(self) -> None:
         caps = await self.events.upstream_capabilities()
+        self._upstream_caps = caps
+        self.modern = False
+        if self.cfg.era != "legacy" and await self._discover(caps):
+            return
         params = {
             "protocolVersion": LATEST_HANDSHAKE,
             "capabilities": caps,
@@ -476,6 +515,90 @@ class StdioBackend:
         self.instructions = instructions if isinstance(instructions, str) else ""
         self.protocol_version = version
         self._write(jsonrpc.notification("notifications/initialized"))
+
+    async def _discover(self, caps: dict[str, Any]) -> bool:
+        """2026-07-28: server/discover instead of initialize. With era = auto, any answer that is
+        not a discover result (or a modern version error) means a handshake-era server."""
+        timeout = self.cfg.startup_timeout_secs if self.cfg.era == "modern" else self.cfg.probe_timeout_secs
+        version = MODERN_VERSIONS[0]
+        try:
+            result = await self._call_unready(
+                "server/discover", {"_meta": self._meta(version, caps)}, timeout
+            )
+        except jsonrpc.JsonRpcError as exc:
+            data = exc.data if isinstance(exc.data, dict) else {}
+            offered = [v for v in data.get("supported", []) if v in MODERN_VERSIONS]
+            if exc.code == UNSUPPORTED_PROTOCOL_VERSION and offered:
+                version = offered[0]
+                result = await self._call_unready(
+                    "server/discover", {"_meta": self._meta(version, caps)}, timeout
+                )
+            elif self.cfg.era == "modern":
+                raise
+            else:
+                return False
+        except BackendError:
+            if self.cfg.era == "modern":
+                raise
+            # Timed out: a handshake-era server that ignores unknown methods; initialize it.
+            return False
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list) or version not in versions:
+            if self.cfg.era == "modern":
+                raise RuntimeError(f"backend does not support protocol {version}")
+            return False
+        caps_out = result.get("capabilities")
+        self.capabilities = caps_out if isinstance(caps_out, dict) else {}
+        meta = result.get("_meta")
+        info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
+        self.server_info = info if isinstance(info, dict) else {}
+        instructions = result.get("instructions")
+        self.instructions = instructions if isinstance(instructions, str) else ""
+        self.protocol_version = version
+        self.modern = True
+        return True
+
+    def _meta(self, version: str, caps: dict[str, Any]) -> dict[str, Any]:
+        return {
+            PROTOCOL_VERSION_KEY: version,
+            CLIENT_CAPABILITIES_KEY: caps,
+            CLIENT_INFO_KEY: {"name": "sentinel-gw", "version": __version__},
+        }
+
+    def _modern_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Every 2026-07-28 request carries the version and our capabilities in _meta."""
+        params = dict(params or {})
+        meta = params.get("_meta")
+        params["_meta"] = {
+            **(meta if isinstance(meta, dict) else {}),
+            **self._meta(self.protocol_version, self._upstream_caps),
+        }
+        return params
+
+    async def _listen_upstream(self) -> None:
+        """A modern backend sends list changes only on a listen stream: keep one open."""
+        wanted = {
+            k: True
+            for k, cap in (
+                ("toolsListChanged", "tools"),
+                ("promptsListChanged", "prompts"),
+                ("resourcesListChanged", "resources"),
+            )
+            if isinstance(self.capabilities.get(cap), dict) and self.capabilities[cap].get("listChanged")
+        }
+        if not wanted:
+            return
+        while self._ready.is_set():
+            try:
+                await self._call(
+                    "subscriptions/listen",
+                    self._modern_params({"notifications": wanted}),
+                    LISTEN_TIMEOUT,
+                    None,
+                )
+            except (jsonrpc.JsonRpcError, BackendError) as exc:
+                log.info("backend %s: listen stream ended (%s); reopening", self.name, exc)
+            await asyncio.sleep(1.0)
 
     async def _call_unready(self, method: str, params: dict[str, Any], timeout: float) -> dict[str, Any]:
         proc = self._proc
@@ -571,7 +694,10 @@ class StdioBackend:
         while self._ready.is_set():
             await asyncio.sleep(self.cfg.health_interval_secs)
             try:
-                await self._call("ping", None, timeout, None)
+                if self.modern:  # ping is gone in 2026-07-28: discover is the probe
+                    await self._call("server/discover", self._modern_params(None), timeout, None)
+                else:
+                    await self._call("ping", None, timeout, None)
                 ok = True
             except jsonrpc.JsonRpcError as exc:
                 ok = not isinstance(exc, BackendError)  # an error reply still proves it is alive
