@@ -27,6 +27,8 @@ Start here:
   sentinel-gw demo                         see the gateway work, no config needed
   sentinel-gw check --config sentinel.toml validate a config and print a summary
   sentinel-gw serve --config sentinel.toml run as a stdio MCP server (what clients start)
+  sentinel-gw serve --no-stdio             run as an HTTP service only ([http] listen)
+  sentinel-gw bridge https://gw/mcp        reach a remote gateway from a stdio-only client
 
 The config file is found in this order: --config, $SENTINEL_CONFIG, ./sentinel.toml,
 ~/.config/sentinel-gw/sentinel.toml. Secrets are never in the config: it names environment
@@ -55,12 +57,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="run the gateway as a stdio MCP server",
-        description="Run the gateway on stdin/stdout for one MCP client. Logs go to stderr.",
+        help="run the gateway as a stdio MCP server (and on HTTP when [http] listen is set)",
+        description="Run the gateway on stdin/stdout for one MCP client and, when [http] listen is "
+        "set, on Streamable HTTP for many. Logs go to stderr.",
     )
     _add_config_args(p)
     p.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="override gateway.log_level"
+    )
+    p.add_argument(
+        "--no-stdio",
+        action="store_true",
+        help="serve HTTP only (needs [http] listen; no SENTINEL_TOKEN); runs until SIGTERM/SIGINT",
+    )
+
+    p = sub.add_parser(
+        "bridge",
+        help="a stdio MCP server forwarding to a remote sentinel-gw over HTTP",
+        description="Serve MCP on stdin/stdout and forward every message to the sentinel-gw at URL "
+        "(Streamable HTTP) with the caller's own token. Logs go to stderr.",
+    )
+    p.add_argument("url", help="the gateway's MCP endpoint, e.g. https://gw.example.com/mcp")
+    p.add_argument(
+        "--token-env",
+        default="SENTINEL_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the bearer token (default SENTINEL_TOKEN)",
+    )
+    p.add_argument("--cafile", metavar="PATH", help="trust this CA bundle instead of the system store")
+    p.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="warning",
+        help="default warning",
     )
 
     p = sub.add_parser(
@@ -176,10 +205,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return _fail(
                 f"{config.source}: admin.token_env: environment variable {config.admin.token_env} is unset"
             )
+    if args.no_stdio and not config.http.listen:
+        return _fail(f"{config.source}: --no-stdio needs [http] listen")
     try:
         policy = PolicyEngine(config, environ=environ)
-        # Authenticate before any backend is spawned: a bad token costs nothing.
-        identity = policy.stdio_identity()
+        # Authenticate before any backend is spawned: a bad token costs nothing. HTTP callers
+        # bring their own tokens, so --no-stdio needs none.
+        identity = None if args.no_stdio else policy.stdio_identity()
     except (AuthSetupError, ValueError) as exc:
         return _fail(f"{config.source}: auth: {exc}")
     except AuthError as exc:
@@ -190,12 +222,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(args, path, config, environ, *, policy, identity, admin_token) -> int:  # type: ignore[no-untyped-def]
+    import logging
+    import ssl
+
     from sentinel_gw.fronts.stdio import serve_stdio
     from sentinel_gw.gateway import Gateway
     from sentinel_gw.lifecycle import Shutdown
     from sentinel_gw.logs import setup_logging
     from sentinel_gw.ops.reload import Reloader, install_sighup
 
+    log = logging.getLogger("sentinel_gw.serve")
     gateway = Gateway(config, environ=environ, policy=policy)
     audit = recorder = None
     if config.audit.sinks:
@@ -231,9 +267,17 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
             required_backends=config.admin.required_backends,
         )
 
+    http = None
+    if config.http.listen:  # like admin: the listen address needs a restart to change
+        from sentinel_gw.fronts.http import HttpFront
+
+        http = HttpFront(gateway)
+
     reloader = Reloader(gateway, path, args.env_file, os.environ, on_applied=applied)
     shutdown = Shutdown()
     shutdown.on_force(gateway.kill_backends)
+    if http is not None:
+        shutdown.on_force(http.cancel_calls)
     # Handlers stay installed until every backend is gone: a SIGTERM during teardown escalates
     # instead of killing us with children still running.
     shutdown.install()
@@ -241,18 +285,44 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
+        _tune_gc()
         if admin is not None:
             await admin.start()  # False (logged) when the port is taken: MCP service goes on
+        if http is not None:
+            try:
+                await http.start()
+            except (OSError, ssl.SSLError) as exc:
+                if args.no_stdio:
+                    return _fail(f"cannot serve HTTP on {config.http.listen}: {exc}", EXIT_ERROR)
+                # Several stdio clients may start gateways sharing one config: stdio goes on.
+                log.warning("HTTP front not started on %s (%s); serving stdio only", config.http.listen, exc)
+                http = None
         reloader.start()
+        if args.no_stdio:
+            await shutdown.requested.wait()
+            return EXIT_OK
         return await serve_stdio(gateway, identity, shutdown=shutdown)
     finally:
         reloader.stop()
+        if http is not None:
+            grace = 0.0 if shutdown.forced.is_set() else gateway.config.gateway.shutdown_grace_secs
+            await http.stop(grace)
         if admin is not None:
             await admin.stop()
         await gateway.stop(force=shutdown.forced.is_set())
         if audit is not None:
             await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled
         shutdown.uninstall()
+
+
+def _tune_gc() -> None:
+    """Startup objects (config, catalog, modules) never die: freeze them out of the collector, and
+    collect young objects less often, so a request is rarely stopped for a collection."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -437,6 +507,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         return _fail(f"audit {action}: {exc}")
 
 
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from sentinel_gw.fronts.bridge import run_bridge
+    from sentinel_gw.logs import setup_logging
+
+    setup_logging(args.log_level)
+    token = os.environ.get(args.token_env, "").strip() or None
+    try:
+        return asyncio.run(run_bridge(args.url, token=token, cafile=args.cafile))
+    except ValueError as exc:
+        return _fail(f"bridge: {exc}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sentinel_gw.demo import run_demo
 
@@ -445,6 +527,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": cmd_serve,
+    "bridge": cmd_bridge,
     "check": cmd_check,
     "demo": cmd_demo,
     "token": cmd_token,

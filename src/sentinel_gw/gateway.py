@@ -260,21 +260,12 @@ class Gateway:
         if "id" not in message:
             self._notification(session, message["method"], message.get("params") or {})
             return
-        admitted = self._admit(session, message)
+        admitted = self._admit(session, message, deliver=True)
         if isinstance(admitted, dict):
             session.send(admitted)
-            return
-
-        def deliver(task: asyncio.Task[dict[str, Any] | None]) -> None:
-            if not task.cancelled() and task.exception() is None:
-                reply = task.result()
-                if reply is not None:
-                    session.send(reply, message["id"])
-
-        admitted.add_done_callback(deliver)
 
     def _admit(
-        self, session: Session, message: dict[str, Any]
+        self, session: Session, message: dict[str, Any], *, deliver: bool = False
     ) -> asyncio.Task[dict[str, Any] | None] | dict[str, Any]:
         """Start a request as its own task, registered for cancellation; or the error refusing it."""
         req_id = message["id"]
@@ -291,7 +282,7 @@ class Gateway:
                 "Too many requests in flight; retry shortly",
                 {"reason": "too_many_in_flight", "retry_after_ms": 100, "retryAfter": 1},
             )
-        task = asyncio.create_task(self._handle_in_context(session, message))
+        task = asyncio.create_task(self._handle_in_context(session, message, deliver))
         session.in_flight[req_id] = task
 
         def forget(t: asyncio.Task[Any]) -> None:
@@ -301,9 +292,17 @@ class Gateway:
         task.add_done_callback(forget)
         return task
 
-    async def _handle_in_context(self, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
+    async def _handle_in_context(
+        self, session: Session, message: dict[str, Any], deliver: bool
+    ) -> dict[str, Any] | None:
         current_request_id.set(message["id"])  # this task's own context: audit records the client's id
-        return await self.handle_request(session, message)
+        reply = await self.handle_request(session, message)
+        if deliver and reply is not None:
+            # Sent from inside the task, before the observers scheduled by _observed run: audit
+            # and metrics never sit between a backend's answer and the client.
+            session.send(reply, message["id"])
+            return None
+        return reply
 
     async def handle_request(self, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
         req_id = message["id"]
@@ -716,11 +715,15 @@ class Gateway:
             raise
         finally:
             record.latency_ms = (time.monotonic() - record.started) * 1000
-            for observer in self.observers:
-                try:
-                    observer.call_finished(record)
-                except Exception:
-                    log.exception("observer %r failed", observer)
+            if self.observers:
+                asyncio.get_running_loop().call_soon(self._call_finished, record)
+
+    def _call_finished(self, record: CallRecord) -> None:
+        for observer in self.observers:
+            try:
+                observer.call_finished(record)
+            except Exception:
+                log.exception("observer %r failed", observer)
 
     def event(self, kind: str, **detail: Any) -> None:
         """A gateway event (startup, backend crashed, kill switch changed, ...) for audit and logs."""

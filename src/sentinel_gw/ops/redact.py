@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import functools
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -89,8 +90,11 @@ def _key_words(key: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(key)]
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
-    """True when a mapping key looks like it holds a credential (see the module docstring)."""
+    """True when a mapping key looks like it holds a credential (see the module docstring).
+
+    Cached: argument names repeat call after call, and this runs on every audited call."""
     words = _key_words(key)
     if not words:
         return False
@@ -214,9 +218,18 @@ def _heuristic(m: re.Match[str]) -> str:
     return run
 
 
+# Every _PRECISE rule needs one of these substrings (case-insensitively), so a string without any
+# of them skips the whole list: most arguments are ordinary words and paths.
+_TRIGGER = re.compile(
+    r"(?i)begin|://|eyj|bearer|authoriz|akia|asia|agpa|aida|aroa|anpa|anva|aipa|gh[pousr]_|github_pat"
+    r"|xox|sk-|[sr]k_|aiza|pass|pwd|secret|token|key"
+)
+
+
 def _scrub(s: str, heuristics: bool) -> str:
-    for _kind, pattern, repl in _PRECISE:
-        s = pattern.sub(repl, s)
+    if _TRIGGER.search(s) is not None:
+        for _kind, pattern, repl in _PRECISE:
+            s = pattern.sub(repl, s)
     if heuristics and len(s) >= 32:
         s = _CANDIDATE.sub(_heuristic, s)
     return s
