@@ -22,7 +22,7 @@ from sentinel_gw.backends.http import HttpBackend
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import BackendConfig, Config
-from sentinel_gw.observe import CallRecord, Observer, current_request_id
+from sentinel_gw.observe import CallRecord, Observer, current_client_caps, current_modern, current_request_id
 from sentinel_gw.policy.engine import PolicyEngine, Refusal
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.mcp import (
@@ -57,6 +57,8 @@ MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
 MAX_LISTEN_URIS = 100
+MAX_INPUT_ROUNDS = 8  # like the TypeScript SDK's shim
+MAX_INPUT_REQUESTS = 16
 LISTEN_KINDS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
 SERVER_INFO = {"name": "sentinel-gw", "title": "sentinel-gw MCP gateway", "version": __version__}
 MAX_BATCH = 100
@@ -296,6 +298,8 @@ class Gateway:
         self, session: Session, message: dict[str, Any], deliver: bool
     ) -> dict[str, Any] | None:
         current_request_id.set(message["id"])  # this task's own context: audit records the client's id
+        if session.client_capabilities:
+            current_client_caps.set(upstream_capabilities(session.client_capabilities))
         reply = await self.handle_request(session, message)
         if deliver and reply is not None:
             # Sent from inside the task, before the observers scheduled by _observed run: audit
@@ -340,6 +344,8 @@ class Gateway:
     ) -> dict[str, Any]:
         """A 2026-07-28 request: self-contained (no initialize), its version and the client's
         capabilities in `_meta`, a result with resultType and, where cacheable, cache hints."""
+        current_modern.set(True)  # this request's task: pass input_required results through
+        current_client_caps.set(upstream_capabilities(params["_meta"].get(CLIENT_CAPABILITIES_KEY)))
         if version not in MODERN_VERSIONS:
             raise jsonrpc.JsonRpcError(
                 UNSUPPORTED_PROTOCOL_VERSION,
@@ -677,12 +683,47 @@ class Gateway:
         calls = session.backend_calls.setdefault(backend_name, set())
         request_id = current_request_id.get()
         calls.add(request_id)
+        relay = self._progress_relay(session, params)
         try:
-            return await backend.request(
-                method, params, timeout=timeout, on_progress=self._progress_relay(session, params)
-            )
+            result = await backend.request(method, params, timeout=timeout, on_progress=relay)
+            rounds = 0
+            # A 2026-07-28 backend asks for client input inside its answer (input_required). A
+            # 2026-07-28 client fulfils that itself and retries; a handshake-era client cannot, so
+            # the gateway asks it with real requests and retries upstream on its behalf.
+            while result.get("resultType") == "input_required" and not current_modern.get():
+                rounds += 1
+                if rounds > MAX_INPUT_ROUNDS:
+                    raise jsonrpc.JsonRpcError(
+                        jsonrpc.INTERNAL_ERROR,
+                        f"Backend '{backend_name}' kept asking for input ({rounds} rounds)",
+                    )
+                retry = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
+                retry["inputResponses"] = await self._ask_client(
+                    session, backend, result.get("inputRequests")
+                )
+                if "requestState" in result:
+                    retry["requestState"] = result["requestState"]
+                result = await backend.request(method, retry, timeout=timeout, on_progress=relay)
+            return result
         finally:
             calls.discard(request_id)
+
+    async def _ask_client(self, session: Session, backend: AnyBackend, requests: Any) -> dict[str, Any]:
+        """Fulfil a backend's embedded input requests (elicitation, sampling, roots) by asking the
+        client for real, each only if the client declared the capability."""
+        if not isinstance(requests, dict) or not requests:
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INTERNAL_ERROR, f"Backend '{backend.name}' sent an empty input request"
+            )
+        answers: dict[str, Any] = {}
+        for key, request in list(requests.items())[:MAX_INPUT_REQUESTS]:
+            if not isinstance(request, dict) or not isinstance(request.get("method"), str):
+                raise jsonrpc.JsonRpcError(
+                    jsonrpc.INTERNAL_ERROR, f"Backend '{backend.name}' sent a malformed input request"
+                )
+            params = request.get("params") if isinstance(request.get("params"), dict) else {}
+            answers[key] = await self.backend_request(backend, request["method"], params, session=session)
+        return answers
 
     @contextlib.asynccontextmanager
     async def _observed(
@@ -1084,7 +1125,9 @@ class Gateway:
             if session.state != "new" and (wanted is None or rank >= LOG_LEVEL_RANK[wanted]):
                 session.notify("notifications/message", out)
 
-    async def backend_request(self, backend: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def backend_request(
+        self, backend: Any, method: str, params: dict[str, Any], *, session: Session | None = None
+    ) -> dict[str, Any]:
         """A backend asks the client something (sampling, elicitation, roots)."""
         capability = CLIENT_REQUEST_CAPABILITY.get(method)
         if capability is None:
@@ -1093,7 +1136,10 @@ class Gateway:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.KILLED, f"Backend '{backend.name}' is disabled by the kill switch"
             )
-        session = self._route_server_request(backend.name, capability)
+        if session is None:
+            session = self._route_server_request(backend.name, capability)
+        elif capability not in session.client_capabilities:
+            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"The client does not support {capability}")
         if method == "elicitation/create" and isinstance(params.get("message"), str):
             # The user must see which server is asking.
             params = {**params, "message": f"[{backend.name}] {params['message']}"}

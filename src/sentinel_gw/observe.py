@@ -12,6 +12,13 @@ if TYPE_CHECKING:
 
 # The client's id of the request being handled (set per request task).
 current_request_id: contextvars.ContextVar[Any] = contextvars.ContextVar("current_request_id", default=None)
+# Whether the request being handled is a 2026-07-28 (stateless) one.
+current_modern: contextvars.ContextVar[bool] = contextvars.ContextVar("current_modern", default=False)
+# The capabilities of the client whose request is being handled (None outside a request): a
+# 2026-07-28 backend is told, per request, what this caller can answer.
+current_client_caps: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "current_client_caps", default=None
+)
 
 # Outcome statuses (stable: audit rows and metric labels use them).
 SUCCESS = "success"

@@ -105,3 +105,52 @@ async def test_modern_backend_behind_a_handshake_client(make_config, open_gatewa
     assert "5" in json.dumps(res)
     res = await gw.request("tools/call", {"name": "echo", "arguments": {"message": "legacy"}})
     assert "legacy" in json.dumps(res)  # era=auto fell back to initialize for the handshake-only server
+
+
+async def test_input_required_bridged_for_a_handshake_client(make_config, open_gateway):
+    """A 2026-07-28 backend asks for input inside its answer; the handshake-era client is asked
+    with a real elicitation/create request, and the gateway retries upstream with the answer."""
+    asked: list[str] = []
+
+    def answer(method: str, params: dict):
+        asked.append(params.get("message", ""))
+        return {"action": "accept", "content": {"name": "Ada"}}
+
+    sdk = {
+        "name": "sdk",
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [SDK_SERVER],
+        "era": "modern",
+        "inherit_env": ["PYTHONPATH"],
+    }
+    gw = await open_gateway(make_config([sdk]), capabilities={"elicitation": {}}, on_request=answer)
+    res = await gw.request("tools/call", {"name": "greet", "arguments": {}}, timeout=30)
+    assert "Hello, Ada!" in json.dumps(res)
+    assert asked and asked[0].startswith("[sdk] ")  # the user sees which backend asks
+
+    gw2 = await open_gateway(make_config([sdk]), capabilities={})
+    reply = await gw2.request_raw("tools/call", {"name": "greet", "arguments": {}}, timeout=30)
+    assert "error" in reply and "elicitation" in reply["error"]["message"]  # refused clearly
+
+
+async def test_input_required_passes_through_to_a_modern_client(make_config, tmp_path):
+    from mcp_types import ElicitResult
+
+    sdk = {
+        "name": "sdk",
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [SDK_SERVER],
+        "era": "modern",
+        "inherit_env": ["PYTHONPATH"],
+    }
+
+    async def on_elicit(ctx, p) -> ElicitResult:
+        return ElicitResult(action="accept", content={"name": "Grace"})
+
+    async with Client(
+        params(make_config([sdk]), tmp_path), mode="2026-07-28", elicitation_callback=on_elicit
+    ) as c:
+        res = await c.call_tool("greet", {})
+        assert "Hello, Grace!" in res.content[0].text  # type: ignore[union-attr]

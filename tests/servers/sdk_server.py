@@ -5,8 +5,11 @@ reference implementation."""
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import BaseModel
 
 app = MCPServer(sys.argv[1] if len(sys.argv) > 1 else "sdk-backend")
 
@@ -21,6 +24,20 @@ def echo(message: str) -> str:
 def add(a: int, b: int) -> int:
     """Add two integers."""
     return a + b
+
+
+class Name(BaseModel):
+    name: str
+
+
+def ask_name() -> Elicit[Name]:
+    return Elicit("What is your name?", Name)
+
+
+@app.tool()
+def greet(who: Annotated[Name, Resolve(ask_name)]) -> str:
+    """Greet whoever the client says it is (asks for input: input_required in 2026-07-28)."""
+    return f"Hello, {who.name}!"
 
 
 if __name__ == "__main__":

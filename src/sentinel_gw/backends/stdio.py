@@ -18,6 +18,7 @@ from typing import Any
 from sentinel_gw import __version__
 from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
 from sentinel_gw.config_schema import BackendConfig
+from sentinel_gw.observe import current_client_caps
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
 from sentinel_gw.protocol.mcp import (
@@ -263,14 +264,6 @@ class StdioBackend:
             self.breaker.release()
             raise
         self.breaker.record_success()
-        if self.modern and result.get("resultType", "complete") != "complete":
-            # input_required (MRTR) cannot be bridged yet: say so rather than pass a half answer on.
-            raise BackendError(
-                self.name,
-                "unavailable",
-                f"Backend '{self.name}' asked for client input (input_required), which the gateway "
-                "cannot relay yet",
-            )
         return result
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
@@ -569,9 +562,12 @@ class StdioBackend:
         """Every 2026-07-28 request carries the version and our capabilities in _meta."""
         params = dict(params or {})
         meta = params.get("_meta")
+        caps = current_client_caps.get()
         params["_meta"] = {
             **(meta if isinstance(meta, dict) else {}),
-            **self._meta(self.protocol_version, self._upstream_caps),
+            # The caller's own (routable) capabilities when a client request is being served;
+            # otherwise (lists, health) what the gateway declared for itself.
+            **self._meta(self.protocol_version, self._upstream_caps if caps is None else caps),
         }
         return params
 

@@ -28,9 +28,9 @@ last resort the value is replaced by a summary.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import functools
 import re
 from collections import Counter
 from collections.abc import Callable
