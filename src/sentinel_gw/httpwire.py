@@ -69,6 +69,7 @@ __all__ = [
     "ProtocolError",
     "ReadTimeout",
     "RequestHead",
+    "RequestReader",
     "ResponseHead",
     "SseEvent",
     "SseParser",
@@ -81,6 +82,7 @@ __all__ = [
     "format_sse_comment",
     "format_sse_event",
     "keep_alive",
+    "linger_close",
     "make_ssl_context",
     "parse_request_head",
     "parse_response_head",
@@ -1547,3 +1549,119 @@ def _split_url(url: str) -> tuple[Origin, str, str]:
     host_text = f"[{host}]" if ":" in host else host
     host_header = host_text if port == default else f"{host_text}:{port}"
     return (scheme, host, port), target, host_header
+
+
+# ---------------------------------------------------------------------------------------------
+# Server helpers (shared by the admin endpoint and the HTTP front)
+# ---------------------------------------------------------------------------------------------
+
+
+class RequestReader:
+    """Reads requests off one server connection, keep-alive included, against slow clients.
+
+    `read_head` returns the next head, or None when the client closed (or stayed silent for
+    `idle_timeout` seconds) before sending a byte of it. Once a request has begun, the whole
+    head must arrive within `header_timeout` seconds, else `HttpProtocolError(408)`; other
+    errors are `parse_request_head`'s. `read_body` then returns the body (Content-Length or
+    chunked) up to `max_body_bytes` (413 beyond), each read bounded by `body_timeout` (408).
+    Bytes after a message stay buffered for the next one (pipelining).
+    """
+
+    __slots__ = ("_buf", "_reader", "body_timeout", "header_timeout", "max_body_bytes", "max_header_bytes")
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        *,
+        max_header_bytes: int,
+        header_timeout: float,
+        max_body_bytes: int | None = None,
+        body_timeout: float | None = None,
+    ) -> None:
+        self._reader = reader
+        self._buf = bytearray()
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout = header_timeout if body_timeout is None else body_timeout
+
+    async def _read(self, timeout: float | None, what: str) -> bytes:
+        try:
+            return await asyncio.wait_for(self._reader.read(65536), timeout)
+        except asyncio.TimeoutError:
+            raise HttpProtocolError(408, f"{what} not received in time") from None
+
+    async def read_head(self, idle_timeout: float | None = None) -> RequestHead | None:
+        buf = self._buf
+        if not buf:
+            try:
+                chunk = await self._read(idle_timeout, "request")
+            except HttpProtocolError:
+                return None  # idle keep-alive connection: just close it
+            if not chunk:
+                return None
+            buf += chunk
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.header_timeout
+        while True:
+            head = parse_request_head(buf, self.max_header_bytes, max_body_bytes=self.max_body_bytes)
+            if head is not None:
+                del buf[: head.head_bytes]
+                return head
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise HttpProtocolError(408, "request head not received in time")
+            chunk = await self._read(remaining, "request head")
+            if not chunk:
+                return None  # the client went away before finishing a request
+            buf += chunk
+
+    async def read_body(self, head: RequestHead) -> bytes:
+        framing = head.framing
+        buf = self._buf
+        if framing[0] == "length":
+            n: int = framing[1]  # type: ignore[misc]
+            while len(buf) < n:
+                chunk = await self._read(self.body_timeout, "request body")
+                if not chunk:
+                    raise HttpProtocolError(400, "connection closed inside the request body")
+                buf += chunk
+            body = bytes(buf) if len(buf) == n else bytes(buf[:n])
+            del buf[:n]
+            return body
+        if framing[0] == "chunked":
+            decoder = ChunkedDecoder(max_body_bytes=self.max_body_bytes)
+            parts = [decoder.feed(buf)]
+            buf.clear()
+            while not decoder.done:
+                chunk = await self._read(self.body_timeout, "request body")
+                if not chunk:
+                    raise HttpProtocolError(400, "connection closed inside the request body")
+                parts.append(decoder.feed(chunk))
+            buf += decoder.unused
+            return b"".join(parts)
+        return b""
+
+
+async def linger_close(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout: float = 1.0
+) -> None:
+    """Half-close, discard what the client still sends (briefly, boundedly), then close.
+
+    Closing with unread input makes the kernel send a reset that can destroy the response still
+    in flight; this is how a server ends a connection after an error response.
+    """
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        discarded = 0
+        while discarded < 64 * 1024 and (remaining := end - loop.time()) > 0:
+            chunk = await asyncio.wait_for(reader.read(4096), remaining)
+            if not chunk:
+                break
+            discarded += len(chunk)
+    except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
+        pass
+    writer.close()

@@ -24,12 +24,11 @@ import contextlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import Collection
 from typing import Any
 from urllib.parse import urlsplit
 
-from sentinel_gw.httpwire import Headers, HttpProtocolError, format_response, parse_request_head
+from sentinel_gw.httpwire import Headers, HttpProtocolError, RequestReader, format_response, linger_close
 from sentinel_gw.ops.metrics import Metrics, MetricsUnavailable
 
 __all__ = ["DEFAULT_HOST", "AdminServer", "parse_listen"]
@@ -162,7 +161,7 @@ class AdminServer:
             except Exception:
                 log.exception("admin endpoint: unexpected error")
             if linger:
-                await self._linger(reader, writer)
+                await linger_close(reader, writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
@@ -175,45 +174,17 @@ class AdminServer:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Half-close, then discard what the client still sends (briefly, boundedly): closing with
-        unread input makes the kernel send a reset that can destroy the response in flight."""
-        try:
-            if writer.can_write_eof():
-                writer.write_eof()
-            end = time.monotonic() + 1.0
-            discarded = 0
-            while discarded < 64 * 1024 and (remaining := end - time.monotonic()) > 0:
-                chunk = await asyncio.wait_for(reader.read(4096), remaining)
-                if not chunk:
-                    break
-                discarded += len(chunk)
-        except (asyncio.TimeoutError, ConnectionError, OSError):
-            pass
-
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        deadline = time.monotonic() + self.header_timeout
-        data = bytearray()
-        while True:
-            try:
-                head = parse_request_head(data, self.max_header_bytes, max_body_bytes=0)
-            except HttpProtocolError as exc:
-                await self._send(writer, exc.status, _text(f"{exc.reason}\n"), head_only=False)
-                return
-            if head is not None:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                await self._send(writer, 408, _text("request head not received in time\n"), head_only=False)
-                return
-            try:
-                chunk = await asyncio.wait_for(reader.read(4096), remaining)
-            except asyncio.TimeoutError:
-                await self._send(writer, 408, _text("request head not received in time\n"), head_only=False)
-                return
-            if not chunk:
-                return  # the client went away before finishing a request
-            data += chunk
+        requests = RequestReader(
+            reader, max_header_bytes=self.max_header_bytes, header_timeout=self.header_timeout
+        )
+        try:
+            head = await requests.read_head()
+        except HttpProtocolError as exc:
+            await self._send(writer, exc.status, _text(f"{exc.reason}\n"), head_only=False)
+            return
+        if head is None:
+            return  # the client went away before finishing a request
         head_only = head.method == "HEAD"
         if head.framing not in (("none",), ("length", 0)):
             await self._send(writer, 413, _text("request bodies are not accepted\n"), head_only=head_only)
