@@ -282,6 +282,11 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
     # instead of killing us with children still running.
     shutdown.install()
     install_sighup(reloader)
+    if args.no_stdio:
+        # No single client to take capabilities from: many HTTP clients share the backends, so
+        # declare nothing a backend could ask for (modern backends still get each caller's own
+        # capabilities per request). Backends start at once and /ready can become true.
+        gateway.set_upstream_capabilities({})
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))

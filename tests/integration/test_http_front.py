@@ -541,3 +541,96 @@ async def test_client_leaving_mid_sse_is_not_a_cancel(tight: Gateway, client: Ht
     else:
         pytest.fail("the abandoned call was never audited")
     assert await m.delete() in (204, 404)  # 404: it may have expired (0.6 s idle) meanwhile
+
+
+# --- 2026-07-28 (stateless) over HTTP -----------------------------------------------------------
+
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+async def test_sdk_client_in_2026_mode(gw: Gateway) -> None:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {ALICE}"})
+    async with http, Client(streamable_http_client(gw.url, http_client=http), mode="2026-07-28") as sdk:
+        assert sdk.protocol_version == "2026-07-28"
+        names = {t.name for t in (await sdk.list_tools()).tools}
+        assert {"echo", "slow"} <= names
+        res = await sdk.call_tool("echo", {"message": "stateless"})
+        assert res.content[0].text == "stateless"  # type: ignore[union-attr]
+        read = await sdk.read_resource("test://a/hello")
+        assert read.contents[0].text == "hello from a"  # type: ignore[union-attr]
+        async with sdk.listen(tools_list_changed=True) as sub:  # a long-lived SSE POST
+            await sdk.call_tool("add_tool", {})
+
+            async def first_event() -> Any:
+                async for event in sub:
+                    return event
+                return None
+
+            assert await asyncio.wait_for(first_event(), 10) is not None
+    vera = create_mcp_http_client(headers={"Authorization": f"Bearer {VERA}"})
+    async with vera, Client(streamable_http_client(gw.url, http_client=vera), mode="auto") as sdk:
+        assert sdk.protocol_version == "2026-07-28"  # the discover probe succeeded
+        from mcp.shared.exceptions import MCPError
+
+        assert {t.name for t in (await sdk.list_tools()).tools} == {"echo", "add"}
+        with pytest.raises(MCPError) as err:
+            await sdk.call_tool("slow", {"seconds": 0.1})
+        assert err.value.error.code == -32602  # hidden from this role: unknown
+
+
+async def test_2026_header_checks(gw: Gateway, client: HttpClient) -> None:
+    m = Mcp(client, gw.url)
+
+    async def modern(message: Any, headers: dict[str, str]) -> Reply:
+        hdrs = {"MCP-Protocol-Version": "2026-07-28", **headers}
+        return await m.post(message, extra=hdrs, session=False)
+
+    call = {
+        "jsonrpc": "2.0",
+        "id": 9,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "hi"}, "_meta": MODERN_META},
+    }
+    ok = await modern(call, {"Mcp-Method": "tools/call", "Mcp-Name": "echo"})
+    assert ok.status == 200 and ok.body["result"]["resultType"] == "complete"
+    wrong_name = await modern(call, {"Mcp-Method": "tools/call", "Mcp-Name": "add"})
+    assert (
+        wrong_name.status == 400 and wrong_name.body["error"]["code"] == -32020 and wrong_name.body["id"] == 9
+    )
+    no_method = await modern(call, {"Mcp-Name": "echo"})
+    assert no_method.status == 400 and no_method.body["error"]["code"] == -32020
+    b64 = await modern(call, {"Mcp-Method": "tools/call", "Mcp-Name": "=?base64?ZWNobw==?="})
+    assert b64.status == 200
+    unknown = {"jsonrpc": "2.0", "id": 10, "method": "nope/nope", "params": {"_meta": MODERN_META}}
+    r = await modern(unknown, {"Mcp-Method": "nope/nope"})
+    assert r.status == 404 and r.body["error"]["code"] == -32601
+    version = {
+        **call,
+        "params": {
+            **call["params"],
+            "_meta": {**MODERN_META, "io.modelcontextprotocol/protocolVersion": "2027-01-01"},
+        },
+    }
+    r = await m.post(
+        version,
+        extra={"MCP-Protocol-Version": "2027-01-01", "Mcp-Method": "tools/call", "Mcp-Name": "echo"},
+        session=False,
+    )
+    assert (
+        r.status == 400
+        and r.body["error"]["code"] == -32022
+        and "2026-07-28" in r.body["error"]["data"]["supported"]
+    )
+    discover = {"jsonrpc": "2.0", "id": 11, "method": "server/discover", "params": {"_meta": MODERN_META}}
+    r = await modern(discover, {"Mcp-Method": "server/discover"})
+    assert r.status == 200 and r.body["result"]["cacheScope"] == "private"
+    assert (
+        await m.send("GET", headers=m.headers({"MCP-Protocol-Version": "2026-07-28"}, session=False))
+    ).status == 405

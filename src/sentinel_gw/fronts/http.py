@@ -31,6 +31,7 @@ Requests whose ``MCP-Protocol-Version`` is not a handshake-era version go to `ha
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -61,7 +62,16 @@ from sentinel_gw.policy.auth import AuthError
 from sentinel_gw.policy.engine import Refusal
 from sentinel_gw.policy.identity import Identity
 from sentinel_gw.protocol import jsonrpc
-from sentinel_gw.protocol.mcp import BATCH_VERSION, HANDSHAKE_VERSIONS, UNSUPPORTED_PROTOCOL_VERSION
+from sentinel_gw.protocol.mcp import (
+    BATCH_VERSION,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    MISSING_CLIENT_CAPABILITY,
+    MODERN_VERSIONS,
+    SUPPORTED_VERSIONS,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    modern_version,
+)
 from sentinel_gw.session import Session
 
 __all__ = ["HttpFront", "HttpRequest", "SseStream"]
@@ -404,6 +414,79 @@ class _HttpSession:
         if self.stream is not None:
             self.stream.end()
             self.stream = None
+
+
+MODERN_METHODS = frozenset(
+    {
+        "server/discover",
+        "subscriptions/listen",
+        "tools/list",
+        "tools/call",
+        "prompts/list",
+        "prompts/get",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "completion/complete",
+    }
+)
+MODERN_SSE_METHODS = SSE_METHODS | {"subscriptions/listen"}
+_NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Errors about the request itself are HTTP 400 in 2026-07-28; the rest ride a 200.
+_BAD_REQUEST_CODES = frozenset(
+    {
+        jsonrpc.PARSE_ERROR,
+        jsonrpc.INVALID_REQUEST,
+        HEADER_MISMATCH,
+        MISSING_CLIENT_CAPABILITY,
+        UNSUPPORTED_PROTOCOL_VERSION,
+    }
+)
+
+
+def _header_value(raw: str | None) -> str | None:
+    """A 2026-07-28 header value: values that are not header-safe come as =?base64?...?=."""
+    if raw is not None and raw.startswith("=?base64?") and raw.endswith("?="):
+        try:
+            return base64.b64decode(raw[9:-2], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return raw
+
+
+def _header_mismatch(req: HttpRequest, method: str, params: dict[str, Any], version: str) -> str | None:
+    """Why the Mcp-* headers disagree with the body (which is what is acted on), or None."""
+    if modern_version(params) != version:
+        return "MCP-Protocol-Version differs from _meta's protocolVersion"
+    if _header_value(req.headers.get("mcp-method")) != method:
+        return "Mcp-Method is missing or differs from the body's method"
+    key = _NAME_PARAM.get(method)
+    if key is not None and _header_value(req.headers.get("mcp-name")) != params.get(key):
+        return f"Mcp-Name is missing or differs from params.{key}"
+    return None
+
+
+def _is_modern_body(req: HttpRequest) -> bool:
+    try:
+        message = req.message()
+    except jsonrpc.JsonRpcError:
+        return False
+    params = message.get("params") if isinstance(message, dict) else None
+    return isinstance(params, dict) and modern_version(params) is not None
+
+
+def _modern_status(reply: dict[str, Any]) -> int:
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        return 200
+    code = error.get("code")
+    if code == jsonrpc.METHOD_NOT_FOUND:
+        return 404
+    if code in _BAD_REQUEST_CODES:
+        return 400
+    if code == jsonrpc.INVALID_PARAMS and "_meta" in str(error.get("message", "")):
+        return 400  # missing required _meta fields
+    return 200
 
 
 class _Refused(Exception):
@@ -768,7 +851,12 @@ class HttpFront:
         version = req.headers.get("mcp-protocol-version")
         if method == "POST":
             _check_post_headers(req)
-        if version is not None and version not in HANDSHAKE_VERSIONS:
+        if (version is not None and version not in HANDSHAKE_VERSIONS) or (
+            version is None
+            and method == "POST"
+            and "mcp-session-id" not in req.headers
+            and _is_modern_body(req)
+        ):
             await self.handle_modern(req, identity, version)
         elif method == "POST":
             await self._post(req, identity)
@@ -779,20 +867,83 @@ class HttpFront:
 
     # -- 2026-07-28 (modern, stateless): the hook the modern era fills in ------------------------
 
-    async def handle_modern(self, req: HttpRequest, identity: Identity, version: str) -> None:
-        """A request whose MCP-Protocol-Version is not a handshake-era version.
+    async def handle_modern(self, req: HttpRequest, identity: Identity, version: str | None) -> None:
+        """A 2026-07-28 request: stateless, one self-contained request per POST.
 
-        Authenticated already (`identity`); for POST the Accept and Content-Type checks are done
-        and ``req.message()`` decodes the body. Answer with ``req.respond*`` or ``req.open_sse``.
-        Until the modern era is wired here, every such request is refused with -32022.
+        The headers must agree with the body (-32020), the version must be one we speak (-32022),
+        unknown methods get 404 + -32601. Each POST gets a throw-away session; closing the
+        response stream cancels the request, as 2026-07-28 specifies.
         """
-        req.respond_error(
-            400,
-            UNSUPPORTED_PROTOCOL_VERSION,
-            "Unsupported protocol version",
-            {"supported": list(HANDSHAKE_VERSIONS), "requested": version},
-            req_id=req.readable_id(),
-        )
+        rid = req.readable_id()
+        if req.method != "POST":
+            raise _Refused(405, jsonrpc.INVALID_REQUEST, "Method not allowed", headers=[("Allow", "POST")])
+        try:
+            message = req.message()
+        except jsonrpc.JsonRpcError as exc:
+            raise _Refused(400, exc.code, exc.message) from None
+        invalid = jsonrpc.check_message(message)
+        if invalid is not None:
+            raise _Refused(400, invalid.error.code, invalid.error.message)
+        if "method" not in message or "id" not in message:
+            req.accepted()  # 2026-07-28 defines no client notifications or responses over HTTP
+            return
+        method = message["method"]
+        params = message.get("params") or {}
+        if version is None:
+            raise _Refused(400, HEADER_MISMATCH, "Header mismatch: MCP-Protocol-Version is required")
+        if version not in MODERN_VERSIONS:
+            req.respond_error(
+                400,
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": list(SUPPORTED_VERSIONS), "requested": version},
+                req_id=rid,
+            )
+            return
+        mismatch = _header_mismatch(req, method, params, version)
+        if mismatch:
+            req.respond_error(400, HEADER_MISMATCH, f"Header mismatch: {mismatch}", req_id=rid)
+            return
+        if method not in MODERN_METHODS:
+            req.respond_error(404, jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}", req_id=rid)
+            return
+        await self._modern_exchange(req, identity, message)
+
+    async def _modern_exchange(self, req: HttpRequest, identity: Identity, message: dict[str, Any]) -> None:
+        req_id = message["id"]
+        method = message["method"]
+        loop = asyncio.get_running_loop()
+        final: asyncio.Future[dict[str, Any]] = loop.create_future()
+        meta = (message.get("params") or {}).get("_meta")
+        streaming = method in MODERN_SSE_METHODS or (isinstance(meta, dict) and "progressToken" in meta)
+        stream: SseStream | None = None
+
+        def send(msg: dict[str, Any] | list[Any], related: Any) -> None:
+            if isinstance(msg, dict) and "method" not in msg and msg.get("id") == req_id:
+                if not final.done():
+                    final.set_result(msg)
+            elif stream is not None and related == req_id and isinstance(msg, dict):
+                stream.send(jsonrpc.encode(msg), sheddable=msg.get("method") in _SHEDDABLE)
+
+        session = Session(identity, send, transport="http")
+        if streaming:
+            stream = req.open_sse(
+                keepalive=self.cfg.sse_keepalive_secs, eager=method == "subscriptions/listen"
+            )
+        self.gateway.open_session(session)
+        try:
+            self.gateway.receive(session, message)
+            waits: set[asyncio.Future[Any]] = {final} if stream is None else {final, stream.done}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if final.done():
+                reply = final.result()
+                if stream is not None:
+                    stream.end(jsonrpc.encode(reply))
+                else:
+                    req.respond(_modern_status(reply), jsonrpc.encode(reply))
+            # else: the client closed the stream, which cancels the request (close_session below)
+        finally:
+            await self.gateway.close_session(session, 0.0)
 
     # -- handshake era ---------------------------------------------------------------------------
 
