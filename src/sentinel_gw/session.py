@@ -82,16 +82,7 @@ class Session:
         fut = self._outbound.get(msg_id) if isinstance(msg_id, int) else None
         if fut is None or fut.done():
             return False
-        if "error" in message:
-            err = message["error"]
-            fut.set_exception(
-                jsonrpc.JsonRpcError(
-                    err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")), err.get("data")
-                )
-            )
-        else:
-            res = message.get("result")
-            fut.set_result(res if isinstance(res, dict) else {})
+        jsonrpc.settle(fut, message)
         return True
 
     def close(self) -> None:

@@ -825,23 +825,21 @@ class HttpBackend:
             if entry is None or entry.future.done():
                 log.debug("backend %s: response to unknown or finished id %r dropped", self.name, msg_id)
                 return
-            if "error" in message:
-                err = message["error"]
-                entry.future.set_exception(
-                    jsonrpc.JsonRpcError(
-                        err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")), err.get("data")
-                    )
-                )
-            else:
-                res = message.get("result")
-                entry.future.set_result(res if isinstance(res, dict) else {})
+            jsonrpc.settle(entry.future, message)
             return
         params = message.get("params") or {}
         if "id" in message:
             req_id = message["id"]
             task = asyncio.create_task(self._answer_server_request(req_id, method, params))
             self._server_requests[req_id] = task
-            task.add_done_callback(lambda _t: self._server_requests.pop(req_id, None))
+            # Ids restart with each connection: only forget the entry if it is still this task.
+            task.add_done_callback(
+                lambda t: (
+                    self._server_requests.pop(req_id, None)
+                    if self._server_requests.get(req_id) is t
+                    else None
+                )
+            )
             return
         if method == "notifications/progress":
             self._on_progress(params)

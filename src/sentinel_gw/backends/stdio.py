@@ -761,16 +761,7 @@ class StdioBackend:
             if entry is None or entry.future.done():
                 log.debug("backend %s: response to unknown or finished id %r dropped", self.name, msg_id)
                 return
-            if "error" in message:
-                err = message["error"]
-                entry.future.set_exception(
-                    jsonrpc.JsonRpcError(
-                        err.get("code", jsonrpc.INTERNAL_ERROR), str(err.get("message", "")), err.get("data")
-                    )
-                )
-            else:
-                res = message.get("result")
-                entry.future.set_result(res if isinstance(res, dict) else {})
+            jsonrpc.settle(entry.future, message)
             return
         params = message.get("params") or {}
         if "id" in message:

@@ -167,6 +167,18 @@ def is_response(message: dict[str, Any]) -> bool:
     return "method" not in message
 
 
+def settle(future: Any, message: dict[str, Any]) -> None:
+    """Complete a waiter with a response: its result (an object), or its error as JsonRpcError."""
+    if "error" in message:
+        err = message["error"]
+        future.set_exception(
+            JsonRpcError(err.get("code", INTERNAL_ERROR), str(err.get("message", "")), err.get("data"))
+        )
+    else:
+        res = message.get("result")
+        future.set_result(res if isinstance(res, dict) else {})
+
+
 def result(id_: JsonId, value: Any) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": id_, "result": value}
 
