@@ -10,14 +10,20 @@ user (dropping `-u USER` and other options, after checking that USER exists); `u
 account and `chown` checks that the owners it is given exist, changing nothing; `/opt/`,
 `/etc/sentinel-gw`, `/var/lib/sentinel-gw` and `/var/backups/sentinel-gw` are sandbox folders;
 `claude` / `mcporter` are small fakes that really start the registered servers, unless the real
-tools are on PATH.
+tools are on PATH. Fixed ports the docs use (`127.0.0.1:8080`, `127.0.0.1:9464`) become free
+ports, and `https://mcp.example.com/mcp` (the gateway behind a TLS proxy) becomes the plain-HTTP
+loopback address of the gateway's front. A gateway a doc starts in the background writes its pid
+to `~/sentinel-gw.pid`; the sandbox stops any still running at the end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -42,6 +48,9 @@ MARK = re.compile(r"<!--\s*test:\s*(.*?)\s*-->")
 DOCS = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
 # Absolute paths the docs use that the sandbox maps to private folders.
 SANDBOX_DIRS = ("/opt/", "/etc/sentinel-gw", "/var/lib/sentinel-gw", "/var/backups/sentinel-gw")
+# Fixed ports the docs use; each becomes a free port, so runs never collide with each other.
+SANDBOX_PORTS = ("127.0.0.1:8080", "127.0.0.1:9464")
+PUBLIC_URL = "https://mcp.example.com/mcp"  # the HTTP front behind a TLS proxy, in the docs
 
 
 @dataclass
@@ -276,17 +285,26 @@ def write_tool(directory: Path, name: str, source: str) -> None:
     path.chmod(0o755)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @dataclass
 class Sandbox:
     root: Path
     env: dict[str, str]
     real: dict[str, str]  # the real tools used instead of fakes
+    ports: dict[str, str]  # documented address -> sandbox address
 
     def cwd(self, host: str) -> Path:
         return self.root / "checkout" if host == "dev" else self.root / "homes" / host
 
     def run(self, block: Block) -> subprocess.CompletedProcess[str]:
-        code = block.code
+        code = block.code.replace(PUBLIC_URL, f"http://{self.ports[SANDBOX_PORTS[0]]}/mcp")
+        for documented, actual in self.ports.items():
+            code = code.replace(documented, actual)
         for path in SANDBOX_DIRS:
             code = code.replace(path, f"{self.root}{path}")
         env = dict(self.env, HOME=str(self.root / "homes" / block.host))
@@ -330,8 +348,15 @@ def sandbox(tmp_path: Path) -> Sandbox:
     env["PYTHON"] = sys.executable  # builds the zipapp (needs pip to fetch the pinned wheels)
     env["SANDBOX_HOMES"] = str(tmp_path / "homes")
     env["SANDBOX_USERS"] = str(tmp_path / "users")
-    box = Sandbox(tmp_path, env, real)
+    box = Sandbox(tmp_path, env, real, {address: f"127.0.0.1:{free_port()}" for address in SANDBOX_PORTS})
     yield box
+    for pid_file in (tmp_path / "homes").glob("*/sentinel-gw.pid"):
+        # A doc that failed before stopping its background gateway (only if it is still ours).
+        pid = pid_file.read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and str(tmp_path) in cmdline.read_text(errors="replace"):
+                os.kill(int(pid), signal.SIGTERM)
     if "mcporter" in real:  # a real mcporter may have left its keep-alive daemon running
         for host in ("openclaw", "gateway"):
             subprocess.run(
@@ -410,7 +435,9 @@ def test_openclaw_doc_runs(sandbox: Sandbox) -> None:
     outputs = run_doc(sandbox, ROOT / "docs" / "OPENCLAW.md")
     text = "\n".join(outputs)
     assert "hello from OpenClaw" in text and "hello over ssh" in text
-    assert "openclaw-main" in text  # the audit trail names the agent
+    assert "hello through the bridge" in text
+    assert "openclaw-main" in text and "openclaw-ssh" in text  # the audit trails name the agents
+    assert "401" in text  # the central gateway's front answered before the bridges used it
     config = sandbox.root / "homes" / "openclaw" / ".mcporter" / "mcporter.json"
     assert oct(config.stat().st_mode & 0o777) == "0o600"
 
