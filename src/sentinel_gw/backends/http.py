@@ -1,5 +1,6 @@
-"""An MCP server reached over HTTP: Streamable HTTP (2025-03-26 .. 2025-11-25), or the legacy
-HTTP+SSE transport (2024-11-05) as a fallback.
+"""An MCP server reached over HTTP: Streamable HTTP in the handshake era (2025-03-26 ..
+2025-11-25) with the legacy HTTP+SSE transport (2024-11-05) as a fallback, or stateless
+Streamable HTTP (2026-07-28), per the backend's `era` (legacy | modern | auto).
 
 Same contract as `StdioBackend` (the gateway cannot tell them apart), plus resilience: a circuit
 breaker, retries of requests that are safe to repeat, idle timeouts that progress extends up to a
@@ -16,15 +17,21 @@ Wire rules this module keeps (the original gateway broke each of them):
   (`resilience.is_retry_safe`): a tool call is never executed twice by accident.
 * Backend response bodies (HTML error pages, stack traces, echoed credentials) are logged,
   truncated, and never put into what the client sees.
+* 2026-07-28: no initialize and no session; every POST carries `MCP-Protocol-Version`,
+  `Mcp-Method` and (for named methods) `Mcp-Name` matching its body, and `_meta` with our version
+  and the caller's capabilities. Closing a response stream is the cancellation; list changes
+  arrive on a long-lived `subscriptions/listen` POST instead of the GET stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -44,8 +51,22 @@ from sentinel_gw.httpwire import (
     ProtocolError,
     Timeouts,
 )
+from sentinel_gw.observe import current_client_caps
 from sentinel_gw.protocol import jsonrpc
-from sentinel_gw.protocol.mcp import HANDSHAKE_VERSIONS, LATEST_HANDSHAKE
+from sentinel_gw.protocol.mcp import (
+    CLIENT_CAPABILITIES_KEY,
+    CLIENT_INFO_KEY,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    LATEST_HANDSHAKE,
+    LIST_CHANGED,
+    MISSING_CLIENT_CAPABILITY,
+    MODERN_VERSIONS,
+    PROTOCOL_VERSION_KEY,
+    REMOVED_IN_MODERN,
+    SERVER_INFO_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
 from sentinel_gw.resilience import (
     BreakerState,
     CircuitBreaker,
@@ -76,7 +97,17 @@ MAX_RESUMES = 100  # the request's deadline bounds it too; this bounds a server 
 MIN_RESUME_DELAY = 0.02
 # Streams stay open for as long as the server likes: HTTP-level read/total limits would cut
 # them; every wait on them is bounded by the request's own deadline instead.
-_EXTRA_CONNECTIONS = 4  # GET stream, notifications, responses to server requests, DELETE
+_EXTRA_CONNECTIONS = 4  # GET stream or listen POST, notifications, responses to server requests, DELETE
+# Statuses with which a handshake-era server turns away a 2026-07-28 request (and vice versa
+# for initialize): no session, unknown method, no such endpoint.
+ERA_MISMATCH_STATUSES = (400, 404, 405)
+# Errors only a 2026-07-28 server sends: positive evidence of the modern era.
+MODERN_ERRORS = frozenset({HEADER_MISMATCH, MISSING_CLIENT_CAPABILITY, UNSUPPORTED_PROTOCOL_VERSION})
+# 2026-07-28: which params field each named method mirrors into the Mcp-Name header.
+NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# Notifications a listen stream may carry to the gateway; anything else there is not for us.
+LISTEN_NOTIFICATIONS = frozenset({*LIST_CHANGED.values(), "notifications/resources/updated"})
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 
 
 class _AttemptError(Exception):
@@ -106,9 +137,13 @@ class _AttemptError(Exception):
 
 
 class _SessionExpired(Exception):
-    def __init__(self, generation: int) -> None:
-        super().__init__("session expired")
+    """The connection must be set up again before this request can go anywhere: the session is
+    gone (HTTP 404), or with era = auto the server now answers like the other era."""
+
+    def __init__(self, generation: int, why: str = "session expired (HTTP 404)") -> None:
+        super().__init__(why)
         self.generation = generation
+        self.why = why
 
 
 class _Resume:
@@ -171,6 +206,48 @@ def _valid_session_id(value: str) -> bool:
     return 0 < len(value) <= 1024 and all(0x21 <= ord(c) <= 0x7E for c in value)
 
 
+def _header_value(value: str) -> str | None:
+    """A value as a 2026-07-28 header carries it: verbatim when it survives an HTTP field, else
+    `=?base64?<UTF-8>?=` (also when it merely looks like that wrapping, so a literal is never
+    decoded by the server). None when it cannot be encoded (lone surrogates)."""
+    wrapped = value.startswith("=?base64?") and value.endswith("?=")
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not wrapped:
+        return value
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return "=?base64?" + base64.b64encode(raw).decode("ascii") + "?="
+
+
+def _route_headers(method: str, params: dict[str, Any] | None, version: str) -> list[tuple[str, str]]:
+    """The headers a 2026-07-28 server checks against the body (-32020 when they disagree)."""
+    headers = [("MCP-Protocol-Version", version), ("Mcp-Method", method)]
+    key = NAME_PARAMS.get(method)
+    value = params.get(key) if key is not None and params is not None else None
+    if isinstance(value, str):
+        encoded = _header_value(value)
+        if encoded is not None:
+            headers.append(("Mcp-Name", encoded))
+    return headers
+
+
+def _modern_meta(version: str, caps: dict[str, Any]) -> dict[str, Any]:
+    return {
+        PROTOCOL_VERSION_KEY: version,
+        CLIENT_CAPABILITIES_KEY: caps,
+        CLIENT_INFO_KEY: {"name": "sentinel-gw", "version": __version__},
+    }
+
+
+def _modern_offer(data: Any) -> list[str]:
+    """The 2026-07-28 versions we speak among those a -32022 error says the server supports."""
+    supported = data.get("supported") if isinstance(data, dict) else None
+    if not isinstance(supported, list):
+        return []
+    return [v for v in MODERN_VERSIONS if v in supported]
+
+
 class HttpBackend:
     def __init__(
         self,
@@ -197,6 +274,10 @@ class HttpBackend:
         self.restarts = 0
         self.pid: int | None = None
         self.transport = ""  # "streamable" or "sse" once connected
+        self.modern = False  # speaking 2026-07-28 to this server (decided at each connect)
+        # era = auto: the era the last successful connect used, tried first on the next one.
+        self.era_verdict: str | None = None
+        self._upstream_caps: dict[str, Any] = {}
         self.breaker = CircuitBreaker.from_config(
             cfg.breaker, name=cfg.name, on_state_change=self._breaker_changed
         )
@@ -279,6 +360,10 @@ class HttpBackend:
                 f"Backend '{self.name}' has {self.cfg.max_in_flight} requests in flight; try again shortly",
                 retry_after_ms=100,
             )
+        if self.modern and method in REMOVED_IN_MODERN:
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.METHOD_NOT_FOUND, f"{method} does not exist in {self.protocol_version}"
+            )
         tool = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
         tool = tool if isinstance(tool, str) else None
         idle = timeout or (self.cfg.tool_timeouts.get(tool) if tool else None) or self.cfg.timeout_secs
@@ -306,6 +391,10 @@ class HttpBackend:
         return result
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None:
+        if self.modern:
+            # 2026-07-28 defines no client notifications over HTTP (cancelling is closing a stream).
+            log.debug("backend %s: %s not sent (2026-07-28)", self.name, method)
+            return
         if self._ready.is_set():
             await self._post_message(jsonrpc.notification(method, params))
 
@@ -359,8 +448,14 @@ class HttpBackend:
                 raise BackendError(self.name, "stopped", f"Backend '{self.name}' is shutting down")
             if not self.breaker.allow():
                 raise self._circuit_error()
+            generation = self._generation
             try:
-                result = await self._attempt(method, params, deadline, on_progress)
+                try:
+                    result = await self._attempt(method, params, deadline, on_progress)
+                except jsonrpc.JsonRpcError as exc:
+                    if self._turned_modern(exc):
+                        raise _SessionExpired(generation, "now refuses handshake-era requests") from None
+                    raise
             except _SessionExpired as exc:
                 self.breaker.record_success()  # a 404 is an answer: the server is alive
                 if renewed:
@@ -368,7 +463,7 @@ class HttpBackend:
                         self.name, "session_expired", f"Backend '{self.name}' keeps rejecting its session"
                     ) from None
                 try:
-                    await self._renew_session(exc.generation)
+                    await self._renew_session(exc.generation, exc.why)
                 except _AttemptError as err:
                     raise self._client_error(err, method) from None
                 renewed = True
@@ -376,8 +471,8 @@ class HttpBackend:
                     raise BackendError(
                         self.name,
                         "session_expired",
-                        f"Backend '{self.name}' ended its session; {method} was not repeated on the new "
-                        "session because repeating it may not be safe",
+                        f"Backend '{self.name}' had to be reconnected ({exc.why}); {method} was not "
+                        "repeated because repeating it may not be safe",
                     ) from None
                 continue
             except _AttemptError as exc:
@@ -440,7 +535,14 @@ class HttpBackend:
         on_progress: ProgressCallback | None,
         *,
         capture_session: bool = False,
+        version: str | None = None,
     ) -> dict[str, Any]:
+        """One POST and its answer. `version` sends a 2026-07-28 request whose params already
+        carry their `_meta` (the era probe); once connected in that era every request does."""
+        if version is None and self.modern:
+            version = self.protocol_version
+            params = self._modern_params(params)
+        route = _route_headers(method, params, version) if version is not None else None
         self._next_id += 1
         req_id = self._next_id
         if on_progress is not None and params is not None:
@@ -455,14 +557,17 @@ class HttpBackend:
         self._pending[req_id] = pending
         body = jsonrpc.encode(jsonrpc.request(req_id, method, params))
         sender: asyncio.Task[str] | None = asyncio.create_task(
-            self._send_request(req_id, body, self._generation, capture_session)
+            self._send_request(req_id, body, self._generation, capture_session, route)
         )
+        # 2026-07-28 over HTTP has no cancel notification: closing the response stream (the
+        # sender's connection, in `finally`) is the cancellation.
+        announce_cancel = method != "initialize" and route is None
         waiting: set[asyncio.Future[Any]] = {pending.future, sender}
         try:
             while True:
                 remaining = deadline.remaining()
                 if remaining <= 0:
-                    if method != "initialize":
+                    if announce_cancel:
                         self._cancel_upstream(req_id, "timeout")
                     raise _AttemptError(
                         "timeout",
@@ -487,7 +592,7 @@ class HttpBackend:
                             breaker_failure=True,
                         )
         except asyncio.CancelledError:
-            if method != "initialize":
+            if announce_cancel:
                 self._cancel_upstream(req_id, "cancelled by client")
             raise
         finally:
@@ -499,13 +604,20 @@ class HttpBackend:
                 if not sender.cancelled():
                     sender.exception()  # retrieved: the answer (or the failure) was already decided
 
-    async def _send_request(self, req_id: int, body: bytes, generation: int, capture_session: bool) -> str:
+    async def _send_request(
+        self,
+        req_id: int,
+        body: bytes,
+        generation: int,
+        capture_session: bool,
+        route: list[tuple[str, str]] | None,
+    ) -> str:
         """POST one request and read what comes back; "accepted" when the answer will come on
         another stream (202, legacy transport), "ended" when this response is over.
 
         A 2025-11-25 server may end the SSE answer early after giving it event ids (polling);
         the stream is then resumed with GET + Last-Event-ID, which is not a re-send."""
-        outcome = await self._post_request(req_id, body, generation, capture_session)
+        outcome = await self._post_request(req_id, body, generation, capture_session, route)
         resumes = 0
         while isinstance(outcome, _Resume):
             resumes += 1
@@ -551,15 +663,21 @@ class HttpBackend:
             await resp.aclose()
 
     async def _post_request(
-        self, req_id: int, body: bytes, generation: int, capture_session: bool
+        self,
+        req_id: int,
+        body: bytes,
+        generation: int,
+        capture_session: bool,
+        route: list[tuple[str, str]] | None,
     ) -> str | _Resume:
         assert self._client is not None
         sent_session = self._session_id
+        probing = route is not None and not self.modern
         try:
             resp = await self._client.request(
                 "POST",
                 self._post_url,
-                headers=self._headers(ACCEPT_BOTH, json_body=True),
+                headers=self._headers(ACCEPT_BOTH, json_body=True, route=route),
                 body=body,
                 timeouts=self._stream_timeouts(),
             )
@@ -588,7 +706,8 @@ class HttpBackend:
             if 200 <= status < 300:
                 ctype = _content_type(resp)
                 if ctype == "text/event-stream":
-                    return await self._read_sse(resp, req_id, _Resume())
+                    # 2026-07-28 removed resumability: a broken answer stream is a lost answer.
+                    return await self._read_sse(resp, req_id, _Resume(), resumable=route is None)
                 if ctype == "application/json":
                     self._dispatch_body(await resp.read(self.max_message_bytes))
                     return "ended"
@@ -604,8 +723,18 @@ class HttpBackend:
             text = await self._error_body(resp)
             if self._dispatch_error_body(text, req_id):
                 return "ended"
-            # During initialize these three mean "not Streamable HTTP" (fallback), not trouble.
-            quiet = capture_session and status in (400, 404, 405)
+            if (
+                route is not None
+                and self.modern
+                and self.cfg.era == "auto"
+                and status in ERA_MISMATCH_STATUSES
+                and generation == self._generation
+            ):
+                log.info("backend %s: HTTP %d: %s", self.name, status, _truncate(text) or "(no body)")
+                raise _SessionExpired(generation, f"answers 2026-07-28 requests with HTTP {status}")
+            # During initialize and the era probe these three mean "not this transport or era"
+            # (fallback), not trouble.
+            quiet = (capture_session or probing) and status in ERA_MISMATCH_STATUSES
             log.log(
                 logging.INFO if quiet else logging.WARNING,
                 "backend %s: HTTP %d: %s",
@@ -657,7 +786,9 @@ class HttpBackend:
             reason = "unavailable"
         return _AttemptError(reason, message, subject=exc, maybe_sent=exc.maybe_sent, breaker_failure=True)
 
-    async def _read_sse(self, resp: HttpResponse, req_id: int, where: _Resume) -> str | _Resume:
+    async def _read_sse(
+        self, resp: HttpResponse, req_id: int, where: _Resume, *, resumable: bool = True
+    ) -> str | _Resume:
         """ "ended" once our answer came (or the stream ended without ids to resume from)."""
         events = resp.sse(self.max_message_bytes)
         try:
@@ -677,7 +808,7 @@ class HttpBackend:
                     return "ended"  # a well-behaved server ends the stream now; do not wait for it
         finally:
             await events.aclose()
-        return where if where.last_id and self.transport == "streamable" else "ended"
+        return where if resumable and where.last_id and self.transport == "streamable" else "ended"
 
     def _dispatch_body(self, data: bytes) -> None:
         messages = self._decode(data, "JSON response")
@@ -781,12 +912,16 @@ class HttpBackend:
         finally:
             await resp.aclose()
 
-    def _headers(self, accept: str, *, json_body: bool) -> list[tuple[str, str]]:
+    def _headers(
+        self, accept: str, *, json_body: bool, route: list[tuple[str, str]] | None = None
+    ) -> list[tuple[str, str]]:
         headers = list(self._static_headers)
         headers.append(("Accept", accept))
         if json_body:
             headers.append(("Content-Type", "application/json"))
-        if self.transport != "sse":
+        if route is not None:
+            headers += route  # 2026-07-28: version and routing headers, never a session
+        elif self.transport != "sse":
             if self._session_id is not None:
                 headers.append(("Mcp-Session-Id", self._session_id))
             if self.protocol_version:
@@ -829,6 +964,11 @@ class HttpBackend:
             return
         params = message.get("params") or {}
         if "id" in message:
+            if self.modern:
+                # 2026-07-28 servers ask for input inside results (input_required), never with
+                # requests; there is also nowhere to send an answer.
+                log.warning("backend %s: server request %s dropped (2026-07-28)", self.name, method)
+                return
             req_id = message["id"]
             task = asyncio.create_task(self._answer_server_request(req_id, method, params))
             self._server_requests[req_id] = task
@@ -994,13 +1134,51 @@ class HttpBackend:
             task.cancel()
 
     async def _handshake(self) -> None:
-        """initialize + notifications/initialized on a fresh session; opens the server stream."""
+        """Connect afresh in the configured era; opens the server stream (GET, HTTP+SSE or
+        listen). With era = auto the era that worked last time is tried first."""
         assert self._client is not None
         self._generation += 1
         self._close_stream()
         self._session_id = None
         self.protocol_version = ""
+        self.modern = False
         caps = await self.events.upstream_capabilities()
+        self._upstream_caps = caps
+        era = self.cfg.era
+        if era == "modern":
+            await self._discover(caps)
+        elif era == "legacy":
+            await self._initialize(caps)
+        else:
+            await self._negotiate(caps)
+            self.era_verdict = "modern" if self.modern else "legacy"
+        generation = self._generation
+        if self.modern:
+            self._stream_task = asyncio.create_task(
+                self._listen_modern(generation), name=f"listen:{self.name}"
+            )
+        elif self.transport == "streamable":
+            self._stream_task = asyncio.create_task(self._listen(generation), name=f"listen:{self.name}")
+
+    async def _negotiate(self, caps: dict[str, Any]) -> None:
+        """era = auto (brief §3.3): a 2026-07-28 probe, and initialize when the answer is not
+        positive evidence of that era. A server once found to be handshake-era is initialized
+        first on reconnects (no wasted probe) and probed only if that fails."""
+        if self.era_verdict == "legacy":
+            try:
+                await self._initialize(caps)
+                return
+            except Exception as exc:  # any failure may mean it was replaced: probe afresh
+                log.info("backend %s: initialize failed (%s); probing for 2026-07-28", self.name, exc)
+                self._close_stream()
+                self._session_id = None
+                self.protocol_version = ""
+        if not await self._discover(caps):
+            await self._initialize(caps)
+
+    async def _initialize(self, caps: dict[str, Any]) -> None:
+        """initialize + notifications/initialized on a fresh session (Streamable HTTP, or
+        HTTP+SSE when the server does not speak it and the transport allows the fallback)."""
         params = {
             "protocolVersion": LATEST_HANDSHAKE,
             "capabilities": caps,
@@ -1009,24 +1187,34 @@ class HttpBackend:
         deadline = _Deadline(self.cfg.startup_timeout_secs, self.cfg.startup_timeout_secs)
         mode = self.cfg.transport
         result: dict[str, Any] | None = None
-        if mode in ("auto", "streamable"):
-            self.transport = "streamable"
-            self._post_url = self.cfg.url
-            try:
-                result = await self._attempt("initialize", params, deadline, None, capture_session=True)
-            except _AttemptError as exc:
-                # Spec fallback rule: 400/404/405 without a JSON-RPC body = not Streamable HTTP.
-                if mode == "streamable" or exc.status not in (400, 404, 405):
+        try:
+            if mode in ("auto", "streamable"):
+                self.transport = "streamable"
+                self._post_url = self.cfg.url
+                try:
+                    result = await self._attempt("initialize", params, deadline, None, capture_session=True)
+                except _AttemptError as exc:
+                    # Spec fallback rule: 400/404/405 without a JSON-RPC body = not Streamable HTTP.
+                    if mode == "streamable" or exc.status not in ERA_MISMATCH_STATUSES:
+                        raise RuntimeError(exc.message) from None
+                    log.info(
+                        "backend %s: no Streamable HTTP (HTTP %s); trying HTTP+SSE", self.name, exc.status
+                    )
+            if result is None:
+                self.transport = "sse"
+                self._session_id = None
+                await self._open_legacy(deadline)
+                try:
+                    result = await self._attempt("initialize", params, deadline, None)
+                except _AttemptError as exc:
                     raise RuntimeError(exc.message) from None
-                log.info("backend %s: no Streamable HTTP (HTTP %s); trying HTTP+SSE", self.name, exc.status)
-        if result is None:
-            self.transport = "sse"
-            self._session_id = None
-            await self._open_legacy(deadline)
-            try:
-                result = await self._attempt("initialize", params, deadline, None)
-            except _AttemptError as exc:
-                raise RuntimeError(exc.message) from None
+        except jsonrpc.JsonRpcError as exc:
+            if exc.code == UNSUPPORTED_PROTOCOL_VERSION and _modern_offer(exc.data):
+                raise RuntimeError(
+                    f"the server speaks only 2026-07-28 and refused initialize; set era = "
+                    f'"modern" or "auto" for backend \'{self.name}\''
+                ) from None
+            raise RuntimeError(f"initialize refused: {_truncate(exc.message)}") from None
         version = result.get("protocolVersion")
         if version not in HANDSHAKE_VERSIONS:
             raise RuntimeError(f"backend answered initialize with unsupported protocol version {version!r}")
@@ -1039,15 +1227,158 @@ class HttpBackend:
         self.protocol_version = version
         if not await self._post_message(jsonrpc.notification("notifications/initialized")):
             raise RuntimeError("notifications/initialized was not accepted")
-        if self.transport == "streamable":
-            generation = self._generation
-            self._stream_task = asyncio.create_task(self._listen(generation), name=f"listen:{self.name}")
 
-    async def _renew_session(self, generation: int) -> None:
+    async def _discover(self, caps: dict[str, Any]) -> bool:
+        """2026-07-28: server/discover instead of initialize, and no session. With era = auto,
+        False when the answer is not positive evidence of that era (a handshake-era server);
+        with era = modern every failure raises."""
+        pinned = self.cfg.era == "modern"
+        timeout = self.cfg.startup_timeout_secs if pinned else self.cfg.probe_timeout_secs
+        deadline = _Deadline(timeout, timeout)
+        self.transport = "streamable"
+        self._post_url = self.cfg.url
+        version = MODERN_VERSIONS[0]
+        tried: set[str] = set()
+        while True:
+            tried.add(version)
+            try:
+                result = await self._attempt(
+                    "server/discover", {"_meta": _modern_meta(version, caps)}, deadline, None, version=version
+                )
+                break
+            except jsonrpc.JsonRpcError as exc:
+                untried = [v for v in _modern_offer(exc.data) if v not in tried]
+                if exc.code == UNSUPPORTED_PROTOCOL_VERSION and untried:
+                    version = untried[0]
+                    continue
+                if exc.code == UNSUPPORTED_PROTOCOL_VERSION and not pinned:
+                    return False  # no 2026-07-28 version in common; initialize may still work
+                if pinned or exc.code in MODERN_ERRORS:
+                    raise RuntimeError(f"server/discover refused: {_truncate(exc.message)}") from None
+                return False  # e.g. "method not found" from a handshake-era server
+            except _AttemptError as exc:
+                legacy_like = exc.reason == "timeout" or (exc.status is not None and 400 <= exc.status < 500)
+                if pinned and exc.status in ERA_MISMATCH_STATUSES:
+                    raise RuntimeError(
+                        f"{exc.message} to server/discover: it does not seem to speak 2026-07-28; set "
+                        f'era = "legacy" or "auto" for backend \'{self.name}\''
+                    ) from None
+                if pinned or not legacy_like:
+                    raise RuntimeError(exc.message) from None  # an outage is never an era verdict
+                return False
+        versions = result.get("supportedVersions")
+        if not isinstance(versions, list) or version not in versions:
+            if pinned:
+                raise RuntimeError(f"backend's server/discover does not list protocol {version}")
+            return False
+        caps_out = result.get("capabilities")
+        self.capabilities = caps_out if isinstance(caps_out, dict) else {}
+        meta = result.get("_meta")
+        info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
+        self.server_info = info if isinstance(info, dict) else {}
+        instructions = result.get("instructions")
+        self.instructions = instructions if isinstance(instructions, str) else ""
+        self.protocol_version = version
+        self.modern = True
+        return True
+
+    def _modern_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Every 2026-07-28 request carries the version and the caller's capabilities in _meta."""
+        params = dict(params or {})
+        meta = params.get("_meta")
+        caps = current_client_caps.get()
+        params["_meta"] = {
+            **(meta if isinstance(meta, dict) else {}),
+            # The caller's own (routable) capabilities when a client request is being served;
+            # otherwise (lists, health) what the gateway declared for itself.
+            **_modern_meta(self.protocol_version, self._upstream_caps if caps is None else caps),
+        }
+        return params
+
+    def _turned_modern(self, exc: jsonrpc.JsonRpcError) -> bool:
+        """era = auto on a handshake-era connection: a -32022 naming a 2026-07-28 version we
+        speak means a modern-only server now answers at this URL."""
+        return (
+            self.cfg.era == "auto"
+            and not self.modern
+            and exc.code == UNSUPPORTED_PROTOCOL_VERSION
+            and bool(_modern_offer(exc.data))
+        )
+
+    async def _listen_modern(self, generation: int) -> None:
+        """A 2026-07-28 server sends list changes only on a `subscriptions/listen` stream: keep
+        one open for the kinds whose lists it says can change."""
+        assert self._client is not None
+        wanted = {
+            f"{kind}ListChanged": True
+            for kind in LIST_CHANGED
+            if isinstance(self.capabilities.get(kind), dict) and self.capabilities[kind].get("listChanged")
+        }
+        if not wanted:
+            return
+        delays = backoff_delays(RECONNECT_INITIAL, RECONNECT_MAX, rng=self._rng)
+        while not self._stopping and generation == self._generation:
+            self._next_id += 1
+            listen_id = self._next_id
+            params = self._modern_params({"notifications": wanted})
+            headers = self._headers(
+                ACCEPT_BOTH,
+                json_body=True,
+                route=_route_headers("subscriptions/listen", params, self.protocol_version),
+            )
+            body = jsonrpc.encode(jsonrpc.request(listen_id, "subscriptions/listen", params))
+            try:
+                resp = await self._client.request(
+                    "POST", self._post_url, headers=headers, body=body, timeouts=self._stream_timeouts()
+                )
+            except HttpError as exc:
+                log.debug("backend %s: listen stream: %s", self.name, exc)
+                await self._sleep(next(delays))
+                continue
+            try:
+                if resp.status != 200 or _content_type(resp) != "text/event-stream":
+                    text = await self._error_body(resp)
+                    log.warning(
+                        "backend %s: listen stream: HTTP %d: %s", self.name, resp.status, _truncate(text)
+                    )
+                    if self.cfg.era == "auto" and resp.status in ERA_MISMATCH_STATUSES:
+                        why = f"answers subscriptions/listen with HTTP {resp.status}"
+                        self._spawn(self._renew_quietly(generation, why))
+                        return
+                else:
+                    delays = backoff_delays(RECONNECT_INITIAL, RECONNECT_MAX, rng=self._rng)
+                    await self._read_listen(resp, listen_id)
+                    log.debug("backend %s: listen stream ended; reopening", self.name)
+            except HttpError as exc:
+                log.info("backend %s: listen stream lost (%s); reopening", self.name, type(exc).__name__)
+            finally:
+                await resp.aclose()
+            await self._sleep(next(delays))
+
+    async def _read_listen(self, resp: HttpResponse, listen_id: int) -> None:
+        events = resp.sse(self.max_message_bytes)
+        try:
+            async for event in events:
+                if not event.data:
+                    continue  # keep-alive
+                for message in self._decode(event.data, "listen event"):
+                    method = message.get("method")
+                    if method is None:
+                        return  # the subscription's closing result (or error)
+                    params = message.get("params")
+                    params = params if isinstance(params, dict) else {}
+                    if method == "notifications/cancelled" and params.get("requestId") == listen_id:
+                        return  # the server tore the subscription down
+                    if method in LISTEN_NOTIFICATIONS and "id" not in message:
+                        self.events.backend_notification(self, method, params)
+        finally:
+            await events.aclose()
+
+    async def _renew_session(self, generation: int, why: str) -> None:
         async with self._handshake_lock:
             if generation != self._generation or self._stopping:
                 return  # another request renewed it already
-            log.warning("backend %s: session expired (HTTP 404); starting a new one", self.name)
+            log.warning("backend %s: %s; connecting again", self.name, why)
             self.restarts += 1
             self.state = BackendState.RESTARTING
             try:
@@ -1056,7 +1387,7 @@ class HttpBackend:
                 self._connection_lost(f"renewing the session failed: {exc}")
                 raise _AttemptError(
                     "unavailable",
-                    f"Backend '{self.name}' lost its session and could not start a new one",
+                    f"Backend '{self.name}' had to be reconnected and could not be",
                     subject=ConnectError("session renewal failed"),
                     maybe_sent=False,
                     breaker_failure=True,
@@ -1148,7 +1479,7 @@ class HttpBackend:
                     log.info("backend %s offers no GET stream (HTTP 405)", self.name)
                     return
                 if resp.status == 404 and self._session_id is not None:
-                    self._spawn(self._renew_quietly(generation))
+                    self._spawn(self._renew_quietly(generation, "session expired (HTTP 404)"))
                     return
                 if resp.status != 200 or _content_type(resp) != "text/event-stream":
                     text = await self._error_body(resp)
@@ -1177,9 +1508,9 @@ class HttpBackend:
                 await resp.aclose()
             await self._sleep(retry_ms / 1000 if retry_ms is not None else next(delays))
 
-    async def _renew_quietly(self, generation: int) -> None:
+    async def _renew_quietly(self, generation: int, why: str) -> None:
         with contextlib.suppress(_AttemptError):
-            await self._renew_session(generation)
+            await self._renew_session(generation, why)
 
     async def _delete_session(self) -> None:
         assert self._client is not None
@@ -1235,8 +1566,10 @@ class HttpBackend:
     async def _ping(self) -> bool:
         interval = self.cfg.health_interval_secs or HEALTH_TIMEOUT_MAX
         timeout = max(0.5, min(HEALTH_TIMEOUT_MAX, interval / 2, self.cfg.timeout_secs))
+        # ping is gone in 2026-07-28: server/discover is the health probe there.
+        method = "server/discover" if self.modern else "ping"
         try:
-            await self._call("ping", None, _Deadline(timeout, timeout), None, retry_safe=False, retries=0)
+            await self._call(method, None, _Deadline(timeout, timeout), None, retry_safe=False, retries=0)
             ok = True
         except BackendError as exc:
             if exc.reason == "circuit_open":
