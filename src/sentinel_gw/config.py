@@ -486,8 +486,6 @@ STDIO_ONLY_KEYS: tuple[str, ...] = (
     "env_from",
     "inherit_env",
     "restart",
-    "era",
-    "probe_timeout_secs",
 )
 HTTP_ONLY_KEYS: tuple[str, ...] = (
     "url",

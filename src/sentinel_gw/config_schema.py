@@ -188,13 +188,17 @@ class BackendConfig:
     era: Literal["legacy", "modern", "auto"] = field(
         default="legacy",
         metadata=doc(
-            "stdio: protocol era spoken to the backend: `legacy` (initialize handshake), `modern` "
-            "(2026-07-28, per-request _meta) or `auto` (probe with server/discover, fall back to "
-            "initialize; a silent server costs `probe_timeout_secs` once per start)"
+            "Protocol era spoken to the backend: `legacy` (initialize handshake; http: sessions, "
+            "GET stream, HTTP+SSE fallback), `modern` (2026-07-28: server/discover, per-request "
+            "_meta; http: Mcp-Method/Mcp-Name headers, no session, list changes via "
+            "subscriptions/listen) or `auto` (probe with server/discover and fall back to "
+            "initialize; stdio: a silent server costs `probe_timeout_secs` once per start; http: "
+            "the era found is tried first on reconnects and probed again when the server stops "
+            "answering in it)"
         ),
     )
     probe_timeout_secs: float = field(
-        default=5.0, metadata=doc("stdio, era = auto: time allowed for the probe")
+        default=5.0, metadata=doc("era = auto: time allowed for the server/discover probe")
     )
     max_in_flight: int = field(
         default=32, metadata=doc("Concurrent requests to this backend; more are refused")
