@@ -411,6 +411,24 @@ def test_every_command_block_is_run_or_covered(name: str) -> None:
         assert f"def {m.group(2)}(" in source, f"{name}:{block.line}: {m.group(1)} has no {m.group(2)}"
 
 
+def test_readme_commands_run(sandbox: Sandbox) -> None:
+    """README.md: its first two blocks are CI's own (the demo: tests/integration/test_demo.py and
+    test_packaging.py::test_pip_install_into_fresh_venv; the test command: `.ci/run`, verbatim);
+    every later block is marked and run, with `.venv/bin/sentinel-gw` this checkout's command."""
+    readme = ROOT / "README.md"
+    demo, suite, *rest = blocks(readme)
+    assert demo.code.strip().endswith(".venv/bin/sentinel-gw demo")
+    assert suite.code.strip() in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert rest, "the README's walk-through has no command block"
+    for block in rest:
+        assert block.mark.startswith("run"), f"README.md:{block.line}: sh block not marked `run`"
+    make_bin(sandbox.cwd("dev") / ".venv" / "bin")
+    text = "\n".join(run_doc(sandbox, readme))
+    assert "doctor: ready" in text
+    assert "eyJ" in text  # a token
+    assert "incident 42" in text  # kill --list
+
+
 def test_claude_code_doc_runs(sandbox: Sandbox) -> None:
     outputs = run_doc(sandbox, ROOT / "docs" / "CLAUDE-CODE.md")
     text = "\n".join(outputs)
