@@ -23,6 +23,7 @@ from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import BackendConfig, Config
 from sentinel_gw.observe import CallRecord, Observer, current_client_caps, current_modern, current_request_id
+from sentinel_gw.parking import ParkedCall, ParkingLot, call_digest, principal
 from sentinel_gw.policy.engine import PolicyEngine, Refusal
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.mcp import (
@@ -33,6 +34,7 @@ from sentinel_gw.protocol.mcp import (
     LIST_METHODS,
     LOG_LEVEL_RANK,
     LOG_LEVELS,
+    MISSING_CLIENT_CAPABILITY,
     MODERN_VERSIONS,
     REMOVED_IN_MODERN,
     SUBSCRIPTION_ID_KEY,
@@ -103,6 +105,7 @@ class Gateway:
             name_budget(config.gateway.name),
         )
         self.cursors = CursorCodec(secrets.token_bytes(32))
+        self.parking = ParkingLot(config.gateway.client_request_timeout_secs)
         self.started_at = time.monotonic()
         self.observers: list[Observer] = []
         self._lists_ready: dict[str, asyncio.Event] = {}
@@ -222,6 +225,7 @@ class Gateway:
             self.kill_backends()
         self.policy.stop_watching()
         self.set_upstream_capabilities({})  # release backends still waiting to handshake
+        self.parking.close()
         for task in list(self._refresh_tasks.values()) + list(self._background):
             task.cancel()
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
@@ -358,9 +362,8 @@ class Gateway:
                 jsonrpc.INVALID_PARAMS, f"Invalid params: _meta must carry {CLIENT_CAPABILITIES_KEY}"
             )
         # Backends wait for the first client to learn what may be declared upstream. A 2026-07-28
-        # client cannot take server-to-client requests (input_required bridging is not built yet),
-        # so nothing is declared: backends then never ask what cannot be routed.
-        self.set_upstream_capabilities({})
+        # client is asked through input_required (see _forward_parked), so its capabilities count.
+        self.set_upstream_capabilities(caps)
         if method in REMOVED_IN_MODERN:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method} (removed in {version})"
@@ -680,17 +683,26 @@ class Gateway:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         backend = self._backend_for(backend_name)
+        modern_client = current_modern.get()
+        if modern_client and not backend.modern:
+            return await self._forward_parked(session, backend, method, params, timeout)
+        if modern_client and "requestState" in params:
+            params = self._unwrap_state(session, method, params)
         calls = session.backend_calls.setdefault(backend_name, set())
         request_id = current_request_id.get()
         calls.add(request_id)
         relay = self._progress_relay(session, params)
         try:
             result = await backend.request(method, params, timeout=timeout, on_progress=relay)
+            if result.get("resultType") != "input_required":
+                return result
+            if modern_client:
+                # A 2026-07-28 client answers the backend's questions itself and retries.
+                return self._pass_input_required(session, backend, method, params, result)
             rounds = 0
-            # A 2026-07-28 backend asks for client input inside its answer (input_required). A
-            # 2026-07-28 client fulfils that itself and retries; a handshake-era client cannot, so
-            # the gateway asks it with real requests and retries upstream on its behalf.
-            while result.get("resultType") == "input_required" and not current_modern.get():
+            # A handshake-era client cannot read input_required: the gateway asks it with real
+            # requests and retries upstream on its behalf.
+            while result.get("resultType") == "input_required":
                 rounds += 1
                 if rounds > MAX_INPUT_ROUNDS:
                     raise jsonrpc.JsonRpcError(
@@ -707,6 +719,111 @@ class Gateway:
             return result
         finally:
             calls.discard(request_id)
+
+    def _pass_input_required(
+        self,
+        session: Session,
+        backend: AnyBackend,
+        method: str,
+        params: dict[str, Any],
+        result: dict[str, Any],
+    ) -> dict[str, Any]:
+        """A 2026-07-28 backend's input_required on its way to a 2026-07-28 client: only kinds the
+        client declared (else -32021), and the backend's requestState sealed to this caller."""
+        caps = current_client_caps.get() or {}
+        requests = result.get("inputRequests")
+        if isinstance(requests, dict):
+            for request in requests.values():
+                needed = (
+                    CLIENT_REQUEST_CAPABILITY.get(request.get("method"))
+                    if isinstance(request, dict)
+                    else None
+                )
+                if needed is not None and needed not in caps:
+                    raise self._missing_capability(backend.name, needed)
+        state = result.get("requestState")
+        if state is None:
+            return result
+        if not isinstance(state, str):
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.INTERNAL_ERROR, f"Backend '{backend.name}' sent a malformed requestState"
+            )
+        sealed = self.parking.wrap(state, principal(session.identity), call_digest(method, params))
+        return {**result, "requestState": sealed}
+
+    def _unwrap_state(self, session: Session, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """A retry to a 2026-07-28 backend: its requestState back as the backend wrote it, only
+        for the caller and the call it was given for."""
+        inner = self.parking.unwrap(
+            params["requestState"], principal(session.identity), call_digest(method, params)
+        )
+        return {**params, "requestState": inner}
+
+    @staticmethod
+    def _missing_capability(backend: str, capability: str) -> jsonrpc.JsonRpcError:
+        return jsonrpc.JsonRpcError(
+            MISSING_CLIENT_CAPABILITY,
+            f"Backend '{backend}' needs the client capability '{capability}', which this request "
+            "did not declare",
+            {"requiredCapabilities": {capability: {}}},
+        )
+
+    async def _forward_parked(
+        self,
+        session: Session,
+        backend: AnyBackend,
+        method: str,
+        params: dict[str, Any],
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """A 2026-07-28 client in front of a handshake-era backend. The backend may ask the client
+        mid-call, which this client cannot be: the call runs as its own parked task, its questions
+        come back as input_required with a sealed requestState, and the retry answers them."""
+        who = principal(session.identity)
+        digest = call_digest(method, params)
+        if "requestState" in params:
+            call = self.parking.resume(params["requestState"], who, digest)
+            call.answer(params.get("inputResponses"))
+        else:
+            call = ParkedCall(backend.name, who, digest, current_client_caps.get() or {})
+            self.parking.add(call)
+            upstream = {k: v for k, v in params.items() if k != "inputResponses"}
+            call.task = asyncio.ensure_future(
+                backend.request(method, upstream, timeout=timeout, on_progress=call.relay_progress)
+            )
+        call.caps = current_client_caps.get() or {}
+        call.progress = self._progress_relay(session, params)
+        call.attached = True
+        try:
+            return await self._collect(call)
+        except BaseException:
+            self.parking.drop(call, "cancelled by client")  # cancelled or failed: the call is over
+            raise
+        finally:
+            call.attached = False
+            call.progress = None
+
+    async def _collect(self, call: ParkedCall) -> dict[str, Any]:
+        """Wait for the parked call's result or its next questions, whichever comes first."""
+        task = call.task
+        assert task is not None
+        while True:
+            if call.missing is not None:
+                raise self._missing_capability(call.backend, call.missing)
+            if task.done():
+                result = task.result()
+                self.parking.drop(call)
+                return result
+            pending = call.pending()
+            if pending:
+                state = self.parking.park(call)
+                return {"resultType": "input_required", "inputRequests": pending, "requestState": state}
+            call.changed.clear()
+            changed = asyncio.ensure_future(call.changed.wait())
+            try:
+                await asyncio.wait((task, changed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
 
     async def _ask_client(self, session: Session, backend: AnyBackend, requests: Any) -> dict[str, Any]:
         """Fulfil a backend's embedded input requests (elicitation, sampling, roots) by asking the
@@ -1136,22 +1253,36 @@ class Gateway:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.KILLED, f"Backend '{backend.name}' is disabled by the kill switch"
             )
-        if session is None:
-            session = self._route_server_request(backend.name, capability)
-        elif capability not in session.client_capabilities:
-            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"The client does not support {capability}")
         if method == "elicitation/create" and isinstance(params.get("message"), str):
             # The user must see which server is asking.
             params = {**params, "message": f"[{backend.name}] {params['message']}"}
+        if session is None:
+            target = self._route_server_request(backend.name, capability)
+            if isinstance(target, ParkedCall):
+                # A 2026-07-28 caller: the question waits for its retry, bounded by the parking
+                # expiry, which fails it if the client never comes back.
+                return await target.ask(method, params, capability)
+            session = target
+        elif capability not in session.client_capabilities:
+            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"The client does not support {capability}")
         calls = session.backend_calls.get(backend.name) or set()
         related = next(iter(calls)) if len(calls) == 1 else None  # the call it must belong to
         return await session.request(method, params, self.config.gateway.client_request_timeout_secs, related)
 
-    def _route_server_request(self, backend: str, capability: str) -> Session:
-        capable = [s for s in self.sessions if s.state != "new" and capability in s.client_capabilities]
-        if len(capable) > 1:
-            # Several clients share the backend: only the one with calls there can be the asker.
-            capable = [s for s in capable if s.backend_calls.get(backend)]
+    def _route_server_request(self, backend: str, capability: str) -> Session | ParkedCall:
+        """Who a backend's question is for. A shared connection says nothing about which call
+        asks, so it goes only where no other caller could be the one asking: the single caller
+        with calls in flight there, or, with none in flight, the single capable session."""
+        parked = self.parking.running_on(backend)
+        busy = [s for s in self.sessions if s.backend_calls.get(backend)]
+        if len(parked) + len(busy) > 1:
+            raise jsonrpc.JsonRpcError(
+                jsonrpc.METHOD_NOT_FOUND, f"Cannot tell which client a {capability} request is for"
+            )
+        if parked:
+            return parked[0]  # it checks the capability itself: a missing one ends the call with -32021
+        candidates = busy or [s for s in self.sessions if s.state != "new"]
+        capable = [s for s in candidates if s.state != "new" and capability in s.client_capabilities]
         if len(capable) != 1:
             raise jsonrpc.JsonRpcError(
                 jsonrpc.METHOD_NOT_FOUND,

@@ -237,7 +237,7 @@ class SseStream:
     one transport write each; `done` resolves when the stream ends (`end`) or the client goes
     away (noticed on a write or on the keep-alive tick)."""
 
-    __slots__ = ("_tick", "chunked", "done", "keepalive", "open", "pending", "reader", "writer")
+    __slots__ = ("_tick", "chunked", "done", "keepalive", "open", "pending", "reader", "started", "writer")
 
     def __init__(
         self,
@@ -254,6 +254,7 @@ class SseStream:
         self.chunked = chunked
         self.pending = head  # written before the first event
         self.open = True
+        self.started = False  # the response head went out
         self.done: asyncio.Future[None] = loop.create_future()
         self.keepalive = keepalive
         self._tick: asyncio.TimerHandle | None = loop.call_later(keepalive, self._on_tick)
@@ -274,6 +275,7 @@ class SseStream:
             data = self.pending + data
             self.pending = b""
         self.writer.write(data)
+        self.started = True
         return True
 
     def send(self, encoded: bytes, sheddable: bool = False) -> bool:
@@ -302,6 +304,11 @@ class SseStream:
                 data += LAST_CHUNK
             if data or self.pending:
                 self._write(data)
+        self._finish()
+
+    def discard(self) -> None:
+        """End a stream that never started: the response goes out another way."""
+        self.pending = b""
         self._finish()
 
     def _finish(self) -> None:
@@ -937,9 +944,13 @@ class HttpFront:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if final.done():
                 reply = final.result()
-                if stream is not None:
+                if stream is not None and stream.started:
                     stream.end(jsonrpc.encode(reply))
                 else:
+                    # Nothing was streamed: a plain JSON answer, with the status an error needs
+                    # (-32021 and friends are HTTP 400 in 2026-07-28).
+                    if stream is not None:
+                        stream.discard()
                     req.respond(_modern_status(reply), jsonrpc.encode(reply))
             # else: the client closed the stream, which cancels the request (close_session below)
         finally:

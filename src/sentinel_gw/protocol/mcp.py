@@ -110,7 +110,7 @@ def modern_result(method: str, result: dict[str, Any], server_info: Mapping[str,
     """
     out = dict(result)
     out.setdefault("resultType", "complete")
-    if method in CACHEABLE:
+    if method in CACHEABLE and out["resultType"] == "complete":  # input_required is never cached
         out["ttlMs"] = 0
         out["cacheScope"] = "private"
     meta = out.get("_meta")
