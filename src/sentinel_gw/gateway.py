@@ -59,6 +59,7 @@ MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
 LIST_REFRESH_DEBOUNCE = 0.05
 MAX_LISTEN_URIS = 100
+LISTEN_HOLD_SECS = 86400.0  # an upstream listen stream is renewed daily even if nothing ends it
 MAX_INPUT_ROUNDS = 8  # like the TypeScript SDK's shim
 MAX_INPUT_REQUESTS = 16
 LISTEN_KINDS = ("toolsListChanged", "promptsListChanged", "resourcesListChanged")
@@ -115,6 +116,7 @@ class Gateway:
         self._upstream_caps: dict[str, Any] | None = None
         self._upstream_caps_ready = asyncio.Event()
         self._subscribers: dict[tuple[str, str], set[Session]] = {}
+        self._upstream_listens: dict[tuple[str, str], asyncio.Task[None]] = {}  # 2026-07-28 backends
         self._stopping = False
         self._stopped = asyncio.Event()  # ends subscriptions/listen streams gracefully
         self._handlers: dict[str, Handler] = {
@@ -226,6 +228,8 @@ class Gateway:
         self.policy.stop_watching()
         self.set_upstream_capabilities({})  # release backends still waiting to handshake
         self.parking.close()
+        for held in self._upstream_listens.values():
+            held.cancel()
         for task in list(self._refresh_tasks.values()) + list(self._background):
             task.cancel()
         await asyncio.gather(*(b.stop() for b in self.backends.values()), return_exceptions=True)
@@ -994,7 +998,7 @@ class Gateway:
         subs = self._subscribers.setdefault(key, set())
         if not subs:
             try:
-                await self._forward(session, key[0], "resources/subscribe", {"uri": params.get("uri")})
+                await self._upstream_subscribe(self._backend_for(key[0]), key[1])
             except BaseException:
                 if not self._subscribers.get(key):
                     self._subscribers.pop(key, None)
@@ -1018,8 +1022,35 @@ class Gateway:
                 await self._drop_subscriber(key, session)
         return {}
 
+    async def _upstream_subscribe(self, backend: AnyBackend, uri: str) -> None:
+        """Handshake-era backends subscribe; a 2026-07-28 backend has no resources/subscribe, it
+        sends updates on a listen stream, held open (and reopened) while anyone subscribes."""
+        if not backend.modern:
+            await backend.request("resources/subscribe", {"uri": uri})
+            return
+        key = (backend.name, uri)
+        held = self._upstream_listens.get(key)
+        if held is None or held.done():
+            self._upstream_listens[key] = asyncio.create_task(self._hold_listen(key))
+
+    async def _hold_listen(self, key: tuple[str, str]) -> None:
+        params = {"notifications": {"resourceSubscriptions": [key[1]]}}
+        while self._subscribers.get(key) is not None and not self._stopping:
+            backend = self.backends.get(key[0])
+            if backend is None or not backend.modern:
+                return  # removed, or restarted as a handshake-era server: it was re-subscribed
+            try:
+                await backend.request("subscriptions/listen", params, timeout=LISTEN_HOLD_SECS)
+            except (jsonrpc.JsonRpcError, BackendError) as exc:
+                log.debug("backend %s: listen for %s ended (%s)", key[0], key[1], exc)
+            await asyncio.sleep(1.0)  # a backend that ends streams at once is not spun on
+
     async def _upstream_unsubscribe(self, key: tuple[str, str]) -> None:
         self._subscribers.pop(key, None)
+        held = self._upstream_listens.pop(key, None)
+        if held is not None:
+            held.cancel()  # ends the listen stream upstream
+            return
         backend = self.backends.get(key[0])
         if backend is not None and backend.ready:
             with contextlib.suppress(jsonrpc.JsonRpcError):
@@ -1097,10 +1128,10 @@ class Gateway:
         try:
             await self._refresh(backend, ("tools", "prompts", "resources"))
             await self._push_log_level(backend)
-            for (name, uri), subs in self._subscribers.items():
+            for (name, uri), subs in list(self._subscribers.items()):
                 if name == backend.name and subs:
-                    with contextlib.suppress(jsonrpc.JsonRpcError):
-                        await backend.request("resources/subscribe", {"uri": uri})
+                    with contextlib.suppress(jsonrpc.JsonRpcError, BackendError):
+                        await self._upstream_subscribe(backend, uri)
         finally:
             # A crash during the first lists cleared the flag: callers must keep waiting for the
             # restart, and a retired incarnation must not mark its replacement ready.
@@ -1204,6 +1235,7 @@ class Gateway:
             self._schedule_refresh(backend, kind)
         elif method == "notifications/resources/updated":
             uri = params.get("uri")
+            params = _without_subscription_id(params)  # the backend's listen id is not the client's
             for who in list(self._subscribers.get((backend.name, uri), ())) if isinstance(uri, str) else ():
                 who.notify(method, params)
         elif method == "notifications/message":
@@ -1314,6 +1346,17 @@ class Gateway:
             }
             for name, b in self.backends.items()
         }
+
+
+def _without_subscription_id(params: dict[str, Any]) -> dict[str, Any]:
+    meta = params.get("_meta")
+    if not isinstance(meta, dict) or SUBSCRIPTION_ID_KEY not in meta:
+        return params
+    rest = {k: v for k, v in meta.items() if k != SUBSCRIPTION_ID_KEY}
+    out = {k: v for k, v in params.items() if k != "_meta"}
+    if rest:
+        out["_meta"] = rest
+    return out
 
 
 async def _quiet(coro: Awaitable[Any]) -> None:

@@ -254,3 +254,36 @@ async def test_modern_backend_state_is_sealed_to_its_caller(make_config, open_ga
     assert "Hello, Kay!" in json.dumps(done)
     no_caps = await gw.request_raw("tools/call", {**call, "_meta": meta({})}, timeout=30)
     assert no_caps["error"]["code"] == -32021
+
+
+async def test_resource_updates_cross_eras(make_config, open_gateway):
+    """A handshake-era client's resources/subscribe on a 2026-07-28 backend becomes a listen
+    stream upstream; the backend's update reaches the client without the backend's listen id,
+    and unsubscribing ends the upstream stream (a second round proves it was re-opened)."""
+    sdk = {
+        "name": "sdk",
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [SDK_SERVER],
+        "era": "modern",
+        "prefix": "sdk",
+        "inherit_env": ["PYTHONPATH"],
+    }
+    gw = await open_gateway(make_config([sdk]))
+
+    def updates() -> list[dict[str, Any]]:
+        return [m["params"] for m in gw.notifications if m.get("method") == "notifications/resources/updated"]
+
+    for _round in range(2):
+        gw.notifications.clear()
+        assert await gw.request("resources/subscribe", {"uri": "sdk://counter"}, timeout=30) == {}
+        # The upstream stream opens asynchronously: bump until an update arrives (bounded).
+        for _ in range(int(GUARD / 0.2)):
+            assert (await gw.request("tools/call", {"name": "sdk_bump", "arguments": {}}))["content"]
+            await asyncio.sleep(0.2)
+            if updates():
+                break
+        got = updates()
+        assert got and got[0]["uri"] == "sdk://counter", gw.notifications
+        assert "io.modelcontextprotocol/subscriptionId" not in got[0].get("_meta", {})
+        assert await gw.request("resources/unsubscribe", {"uri": "sdk://counter"}) == {}

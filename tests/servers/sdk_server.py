@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from pydantic import BaseModel
 
@@ -38,6 +38,19 @@ def ask_name() -> Elicit[Name]:
 def greet(who: Annotated[Name, Resolve(ask_name)]) -> str:
     """Greet whoever the client says it is (asks for input: input_required in 2026-07-28)."""
     return f"Hello, {who.name}!"
+
+
+@app.resource("sdk://counter")
+def counter() -> str:
+    """A resource whose updates `bump` announces (2026-07-28: on listen streams only)."""
+    return "counter"
+
+
+@app.tool()
+async def bump(ctx: Context) -> str:
+    """Announce an update of sdk://counter."""
+    await ctx.notify_resource_updated("sdk://counter")
+    return "bumped"
 
 
 if __name__ == "__main__":
