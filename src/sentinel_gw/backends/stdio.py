@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sentinel_gw import __version__
+from sentinel_gw.aio import small_reads
 from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
 from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.observe import current_client_caps
@@ -476,6 +477,10 @@ class StdioBackend:
                 f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}"
             ) from None
         self.pid = self._proc.pid
+        pipes = getattr(self._proc, "_transport", None)
+        if pipes is not None:
+            for fd in (1, 2):
+                small_reads(pipes.get_pipe_transport(fd))
         self._next_id = 0
         self._io_tasks = [
             asyncio.create_task(self._read_stdout(self._proc), name=f"stdout:{self.name}"),

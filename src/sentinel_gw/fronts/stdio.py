@@ -12,6 +12,7 @@ import os
 import sys
 from typing import IO, Any
 
+from sentinel_gw.aio import small_reads
 from sentinel_gw.gateway import Gateway
 from sentinel_gw.lifecycle import Shutdown
 from sentinel_gw.policy.identity import Identity
@@ -100,7 +101,7 @@ async def _chunks(stream: IO[bytes]) -> Any:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_READ_CHUNK)
     try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
     except (ValueError, OSError):
         while True:
             data = await loop.run_in_executor(
@@ -110,6 +111,7 @@ async def _chunks(stream: IO[bytes]) -> Any:
                 return
             yield data
     else:
+        small_reads(transport)
         while True:
             data = await reader.read(_READ_CHUNK)
             if not data:
