@@ -45,10 +45,10 @@ import itertools
 import json
 import logging
 import math
+import operator
 import os
 import queue
 import re
-import secrets
 import sqlite3
 import sys
 import threading
@@ -195,11 +195,19 @@ _STR_FIELDS = tuple(
 )
 
 
+# One encoder per form, built once: json.dumps with options builds a new JSONEncoder per call.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+).encode
+_LINE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
+_COLUMN = json.JSONEncoder(ensure_ascii=True).encode
+_HASHED_FIELDS: tuple[str, ...] = tuple(n for n in _FIELD_ORDER if n != "hash")
+_hashed_values = operator.attrgetter(*_HASHED_FIELDS)
+
+
 def canonical_json(event: AuditEvent) -> str:
     """The hashed form: every field but `hash`, sorted keys, no whitespace, ASCII only."""
-    data = event.to_dict()
-    del data["hash"]
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL(dict(zip(_HASHED_FIELDS, _hashed_values(event), strict=True)))
 
 
 def compute_hash(event: AuditEvent) -> str:
@@ -208,12 +216,21 @@ def compute_hash(event: AuditEvent) -> str:
 
 _id_lock = threading.Lock()
 _id_state = [0, 0]  # last millisecond, sequence within it
+_RANDOM_BATCH = 512  # ids per getrandom() call
+_random_pool = b""
+_random_pos = 0
 
 
-def new_event_id() -> str:
-    """48-bit milliseconds + 16-bit sequence + 64 random bits, in hex: unique, and sortable by
-    creation order within a process (ULID-like, without a base32 dependency)."""
-    ms = time.time_ns() // 1_000_000
+def _stamp() -> tuple[str, str]:
+    """A new event id and the matching RFC 3339 time, from one clock reading.
+
+    The id is 48-bit milliseconds + 16-bit sequence + 64 random bits, in hex: unique, and sortable
+    by creation order within a process (ULID-like, without a base32 dependency). The random bits
+    come from os.urandom in batches: one system call per 512 ids instead of one per id.
+    """
+    global _random_pool, _random_pos
+    now_ns = time.time_ns()
+    ms = now_ns // 1_000_000
     with _id_lock:
         last_ms, seq = _id_state
         if ms <= last_ms:
@@ -223,7 +240,39 @@ def new_event_id() -> str:
         else:
             seq = 0
         _id_state[0], _id_state[1] = ms, seq
-    return f"{ms:012x}{seq:04x}{secrets.token_hex(8)}"
+        if _random_pos >= len(_random_pool):
+            _random_pool, _random_pos = os.urandom(8 * _RANDOM_BATCH), 0
+        rand = _random_pool[_random_pos : _random_pos + 8]
+        _random_pos += 8
+    return f"{ms:012x}{seq:04x}{rand.hex()}", _time_text(now_ns)
+
+
+def _forget_random_pool() -> None:
+    global _random_pool, _random_pos
+    _random_pool, _random_pos = b"", 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_random_pool)  # a child must never repeat our ids
+
+
+def new_event_id() -> str:
+    """48-bit milliseconds + 16-bit sequence + 64 random bits, in hex: unique, and sortable by
+    creation order within a process (ULID-like, without a base32 dependency)."""
+    return _stamp()[0]
+
+
+_second_cache: list[Any] = [-1, ""]  # [epoch second, "YYYY-MM-DDTHH:MM:SS."]
+
+
+def _time_text(now_ns: int) -> str:
+    """`now_rfc3339()` for a time.time_ns() value; the date part is formatted once per second."""
+    sec, ns = divmod(now_ns, 1_000_000_000)
+    cached_sec, prefix = _second_cache
+    if sec != cached_sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        _second_cache[0], _second_cache[1] = sec, prefix
+    return f"{prefix}{ns // 1_000_000:03d}Z"
 
 
 def _rfc3339(dt: datetime) -> str:
@@ -232,7 +281,7 @@ def _rfc3339(dt: datetime) -> str:
 
 
 def now_rfc3339() -> str:
-    return _rfc3339(datetime.now(timezone.utc))
+    return _time_text(time.time_ns())
 
 
 def _clean_str(s: object) -> str:
@@ -252,10 +301,14 @@ def _normalise(ev: AuditEvent) -> None:
     """Make the event storable and hashable as it will read back from any sink."""
     for name in _STR_FIELDS:
         value = getattr(ev, name)
-        if value is not None:
+        # Fast path: an ASCII str (nearly every value) is already clean.
+        if value is not None and (type(value) is not str or not value.isascii()):
             setattr(ev, name, _clean_str(value))
-    ev.kind = _clean_str(ev.kind)  # type: ignore[assignment]
-    ev.roles = [_clean_str(r) for r in (ev.roles or ())]
+    kind = ev.kind
+    if type(kind) is not str or not kind.isascii():
+        ev.kind = _clean_str(kind)  # type: ignore[assignment]
+    roles = ev.roles
+    ev.roles = [r if type(r) is str and r.isascii() else _clean_str(r) for r in (roles or ())]
     if ev.latency_ms is not None:
         # Stored as REAL / double: an int would read back as a float and change the hash.
         lat = float(ev.latency_ms)
@@ -418,7 +471,7 @@ class _Worker:
 
 
 def _dumps_line(ev: AuditEvent) -> str:
-    return json.dumps(ev.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _LINE(ev.to_dict())
 
 
 def _create_private_file(path: Path) -> None:
@@ -494,13 +547,16 @@ _INSERT = (
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit_events"  # noqa: S608 - fixed column names
 
 
+_JSON_INDEXES = tuple(i for i, name in enumerate(_COLUMNS) if name in _JSON_COLUMNS)
+_ROLES_INDEX = _COLUMNS.index("roles")
+_column_values = operator.attrgetter(*_COLUMNS)
+
+
 def _to_row(ev: AuditEvent) -> tuple[Any, ...]:
-    row: list[Any] = []
-    for name in _COLUMNS:
-        value = getattr(ev, name)
-        if name in _JSON_COLUMNS:
-            value = None if value is None and name != "roles" else json.dumps(value, ensure_ascii=True)
-        row.append(value)
+    row = list(_column_values(ev))
+    for i in _JSON_INDEXES:
+        value = row[i]
+        row[i] = None if value is None and i != _ROLES_INDEX else _COLUMN(value)
     return tuple(row)
 
 
@@ -872,6 +928,7 @@ class _Channel:
     own: _RunDir | None = None
     inflight: list[tuple[int, AuditEvent]] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    gathering: bool = False  # the writer is filling a batch: wake it only when the batch is full
     task: asyncio.Task[None] | None = None
     opened: bool = False
     healthy: bool = True
@@ -1008,10 +1065,10 @@ class AuditLog:
     def emit(self, event: AuditEvent) -> None:
         """Record an event. Synchronous, never blocks on I/O, never raises."""
         try:
-            if not event.id:
-                event.id = new_event_id()
-            if not event.time:
-                event.time = now_rfc3339()
+            if not event.id or not event.time:
+                event_id, event_time = _stamp()
+                event.id = event.id or event_id
+                event.time = event.time or event_time
             _normalise(event)
             if self._state == "new":
                 self._preopen.append(event)
@@ -1056,7 +1113,10 @@ class AuditLog:
             ch.first_at = time.monotonic()
         ch.mem.append(item)
         ch.queued += 1
-        ch.wake.set()
+        # A writer filling a batch sleeps until it is full or its flush timer fires: waking it for
+        # every event would cost a task switch per event for nothing.
+        if not ch.gathering or len(ch.mem) >= self._batch_size:
+            ch.wake.set()
 
     # -- spool (all file work on the spool thread) --
 
@@ -1073,6 +1133,8 @@ class AuditLog:
             seg.write.add_done_callback(lambda fut, seg=seg: self._segment_written(seg, fut))
             bisect.insort(ch.segments, seg)
             ch.spooled += len(chunk)
+        if items:
+            ch.wake.set()
 
     def _own_run(self, ch: _Channel) -> _RunDir:
         if ch.own is None:
@@ -1387,13 +1449,22 @@ class AuditLog:
     async def _gather_batch(self, ch: _Channel) -> None:
         """Wait until a batch is full, or the oldest queued event has waited `flush_interval`."""
         deadline = ch.first_at + self._flush_interval
-        while len(ch.mem) < self._batch_size and self._state == "open" and not ch.segments:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            ch.wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(ch.wake.wait(), remaining)
+        loop = asyncio.get_running_loop()
+        ch.gathering = True
+        try:
+            while len(ch.mem) < self._batch_size and self._state == "open" and not ch.segments:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                ch.wake.clear()
+                # A timer instead of wait_for: no extra task per wait.
+                timer = loop.call_later(remaining, ch.wake.set)
+                try:
+                    await ch.wake.wait()
+                finally:
+                    timer.cancel()
+        finally:
+            ch.gathering = False
 
     async def _write(self, ch: _Channel, batch: list[AuditEvent]) -> bool:
         try:

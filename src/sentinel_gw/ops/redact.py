@@ -261,12 +261,12 @@ def _marker(removed: int) -> str:
     return f"[TRUNCATED {removed} bytes]"
 
 
+_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def _json_size(obj: object) -> int:
-    return len(
-        json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode(
-            "utf-8", "surrogatepass"
-        )
-    )
+    text = _compact(obj)
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 # ---------------------------------------------------------------------------------------------
