@@ -2,8 +2,8 @@
 
 `init` writes `sentinel.toml` (the example shipped in the package, only the demo backend
 enabled, started by this very installation) and `.env` (mode 0600: a random signing secret under
-the name `auth.secret_env` gives, and an admin token as `SENTINEL_TOKEN`). It never overwrites
-either file without `--force`.
+the name `auth.secret_env` gives, and an admin token as `SENTINEL_CLIENT_TOKEN`, which add-mcp.sh
+hands to the client as its `SENTINEL_TOKEN`). It never overwrites either file without `--force`.
 
 `doctor` checks a set-up the way the gateway will use it and prints one line per check
 (OK/WARN/FAIL/SKIP) with what to fix; it exits 1 if anything FAILs. It never prints a secret

@@ -87,3 +87,22 @@ async def test_bridge_errors_and_prompt_exit(gw: Gateway, tmp_path: Path) -> Non
         with pytest.raises(MCPError) as err:
             await sdk.call_tool("no_such_tool", {})
         assert "Unknown tool" in err.value.error.message
+
+
+async def test_messages_written_ahead_of_initialize_wait_for_it(gw: Gateway, tmp_path: Path) -> None:
+    """A client that writes initialize, initialized and a request in one go (as Claude Code can)
+    gets real answers: nothing reaches the gateway without the session."""
+    client = StdioClient(
+        [*GATEWAY, "bridge", gw.url], env=gateway_env(tmp_path, make_token("carol", ["admin"]))
+    )
+    await client.start()
+    try:
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "eager"}}
+        pending = asyncio.ensure_future(client.request_raw("initialize", init))
+        client.notify("notifications/initialized")
+        listed = asyncio.ensure_future(client.request_raw("tools/list", {}))
+        assert "result" in await asyncio.wait_for(pending, GUARD)
+        reply = await asyncio.wait_for(listed, GUARD)
+        assert "echo" in {t["name"] for t in reply["result"]["tools"]}, reply
+    finally:
+        assert await asyncio.wait_for(client.close(), GUARD) == 0

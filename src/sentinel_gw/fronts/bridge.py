@@ -8,6 +8,8 @@ session's GET stream) written to stdout. stdout carries protocol bytes only; log
 
 * ``Mcp-Session-Id`` and ``MCP-Protocol-Version`` come from the initialize exchange and go on
   every later request; the GET stream for server messages is opened once initialize succeeded.
+  Messages that arrive while initialize is in flight wait for it (in order): a client that writes
+  ahead (``notifications/initialized``, ``tools/list``) must not reach the gateway sessionless.
 * A session the gateway no longer knows (404) is not re-created behind the client's back: the
   request gets an error saying so, and the client's next ``initialize`` starts a new session.
 * stdin EOF: pending requests are abandoned, the session is DELETEd (bounded wait), and the
@@ -52,6 +54,7 @@ class Bridge:
         self.version: str | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
         self.listening: asyncio.Task[None] | None = None
+        self.handshake: asyncio.Future[None] | None = None  # an initialize in flight
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -92,7 +95,23 @@ class Bridge:
         initialize = isinstance(message, dict) and message.get("method") == "initialize" and "id" in message
         if initialize:
             self._forget_session("a new initialize")
-        self._spawn(self.post(message, line, initialize))
+            self.handshake = asyncio.get_running_loop().create_future()
+            self._spawn(self._initialize(message, line, self.handshake))
+        elif self.handshake is not None and not self.handshake.done():
+            self._spawn(self._post_after(self.handshake, message, line))
+        else:
+            self._spawn(self.post(message, line, False))
+
+    async def _initialize(self, message: Any, body: bytes, done: asyncio.Future[None]) -> None:
+        try:
+            await self.post(message, body, True)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+    async def _post_after(self, handshake: asyncio.Future[None], message: Any, body: bytes) -> None:
+        await asyncio.shield(handshake)
+        await self.post(message, body, False)
 
     def _forget_session(self, why: str) -> None:
         if self.listening is not None:
