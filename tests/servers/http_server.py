@@ -1,4 +1,5 @@
-"""A Streamable HTTP MCP test server (standard library + sentinel_gw.miniserver's tool registry).
+"""A Streamable HTTP MCP test server (standard library + sentinel_gw.miniserver's tool registry;
+the official SDK's header decoder checks 2026-07-28 requests).
 
 Handshake-era Streamable HTTP (POST/GET/DELETE on one endpoint, JSON or SSE responses, sessions)
 or, with `legacy_sse`, the 2024-11-05 HTTP+SSE transport (GET /sse announces an endpoint, POSTs
@@ -17,6 +18,15 @@ method is in `fault_methods` when set): `fail` (list of statuses: 500/502/503 wi
 that must never reach a client), `drop_mid_sse` (execute, send one event, reset the
 connection), `slow_headers` (seconds before the response head), `malformed_sse`, `oversized`
 (bytes of padding in a JSON body), `never_answer`. `expire_sessions()` forgets every session.
+
+Protocol era (`era`, may be flipped while running to play a redeployed server): `legacy` (the
+above), `modern` (2026-07-28 only: no initialize, no sessions, GET/DELETE 405; every POST must
+carry MCP-Protocol-Version, Mcp-Method and Mcp-Name matching its body, checked with the official
+SDK's decoder, else HTTP 400 + -32020/-32022/-32602; `subscriptions/listen` keeps an SSE stream
+that `broadcast` feeds; closing a response stream cancels its request, counted in
+`stream_closes`) or `dual` (a POST whose MCP-Protocol-Version is not a handshake-era version is
+served as 2026-07-28, anything else as legacy). The `ask` tool answers 2026-07-28 callers with
+`input_required` (an elicitation) until it is retried with the answer and the request state.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from mcp.shared.inbound import decode_header_value
+
 from sentinel_gw.httpwire import (
     LAST_CHUNK,
     ChunkedDecoder,
@@ -43,6 +55,16 @@ from sentinel_gw.httpwire import (
     parse_request_head,
 )
 from sentinel_gw.miniserver import Context, McpError, MiniServer, text_result
+from sentinel_gw.protocol.mcp import (
+    CLIENT_CAPABILITIES_KEY,
+    HANDSHAKE_VERSIONS,
+    HEADER_MISMATCH,
+    MODERN_VERSIONS,
+    PROTOCOL_VERSION_KEY,
+    SERVER_INFO_KEY,
+    SUBSCRIPTION_ID_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+)
 
 SECRET_BODY = b"<html><body>Traceback: internal-secret-token-XYZ at db.internal:5432</body></html>"
 
@@ -67,6 +89,7 @@ class Options:
     oversized_bytes: int = 256 * 1024
     never_answer: int = 0
     drop_get_after: int | None = None  # close the GET stream after N events
+    era: str = "legacy"  # "legacy", "modern" (2026-07-28 only) or "dual"
 
 
 class _Session:
@@ -167,7 +190,61 @@ def build_tools(srv: HttpMcpServer) -> MiniServer:
     async def boom(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         return text_result("tool failed", is_error=True)
 
+    @mini.tool("grüß", "Echo, under a name that is not header-safe", any_args)
+    async def gruss(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return text_result("grüß " + str(args.get("message", "")))
+
+    @mini.tool("ask", "Ask the caller's name (input_required in 2026-07-28)", any_args)
+    async def ask(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return text_result("ask needs a 2026-07-28 caller", is_error=True)
+
+    @mini.tool("add_tool", "Register another tool and announce the change", any_args)
+    async def add_tool(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        name = f"extra_{len(srv.added) + 1}"
+        srv.added.append(name)
+
+        @mini.tool(name, "Added at run time", any_args)
+        async def extra(a: dict[str, Any], c: Context) -> dict[str, Any]:
+            return text_result(name)
+
+        srv.broadcast("notifications/tools/list_changed")
+        return text_result(name)
+
+    mini.resource("test://http/hello", "hello", text="hello over http")
+    mini.resource("test://http/café", "café", text="un café")
+    mini.prompt(
+        "greet",
+        "Greet someone",
+        [{"name": "name", "required": True}],
+        lambda a: f"Hello, {a['name']}!",
+    )
     return mini
+
+
+ASK_STATE = "ask-state-1"
+
+
+def ask_result(params: dict[str, Any]) -> dict[str, Any]:
+    """The `ask` tool in 2026-07-28: input_required until retried with the answer and state."""
+    answers = params.get("inputResponses")
+    answer = answers.get("name") if isinstance(answers, dict) else None
+    if not isinstance(answer, dict):
+        schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+        return {
+            "resultType": "input_required",
+            "inputRequests": {
+                "name": {
+                    "method": "elicitation/create",
+                    "params": {"mode": "form", "message": "What is your name?", "requestedSchema": schema},
+                }
+            },
+            "requestState": ASK_STATE,
+        }
+    if params.get("requestState") != ASK_STATE:
+        raise McpError(-32602, "requestState was not sent back unchanged")
+    content = answer.get("content")
+    who = content.get("name") if isinstance(content, dict) else None
+    return text_result(f"Hello, {who}!")
 
 
 class HttpMcpServer:
@@ -190,6 +267,11 @@ class HttpMcpServer:
         self._client_requests: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._polled: dict[str, asyncio.Queue[dict[str, Any] | None]] = {}
         self.resumes: list[str] = []
+        self.added: list[str] = []
+        self.discovers = 0
+        self.listens: list[dict[str, Any]] = []  # params of each subscriptions/listen POST
+        self.stream_closes = 0  # 2026-07-28 response streams the client closed before the answer
+        self._listeners: list[tuple[Any, dict[str, Any], asyncio.Queue[dict[str, Any] | None]]] = []
         self._ids = itertools.count(1)
         self._event_ids = itertools.count(1)
         self._server: asyncio.AbstractServer | None = None
@@ -226,14 +308,26 @@ class HttpMcpServer:
                 session.get_queue.put_nowait(None)
         self.sessions.clear()
 
+    def end_listens(self) -> None:
+        """End every subscriptions/listen stream gracefully (as a redeploy would)."""
+        for _, _, queue in self._listeners:
+            queue.put_nowait(None)
+
     def broadcast(self, method: str, params: dict[str, Any] | None = None) -> int:
-        """An unsolicited notification on every open GET stream; returns how many got it."""
+        """An unsolicited notification on every open GET stream, and on every listen stream whose
+        filter asked for it; returns how many got it."""
         msg = {"jsonrpc": "2.0", "method": method, "params": params or {}}
         n = 0
         for session in [*self.sessions.values(), self._nosession]:
             queue = session.get_queue or session.legacy_queue
             if queue is not None:
                 queue.put_nowait(msg)
+                n += 1
+        kind = method.split("/")[1] if method.endswith("/list_changed") else ""
+        for sub_id, wanted, queue in self._listeners:
+            if kind and wanted.get(f"{kind}ListChanged"):
+                meta = {SUBSCRIPTION_ID_KEY: sub_id}
+                queue.put_nowait({**msg, "params": {**(params or {}), "_meta": meta}})
                 n += 1
         return n
 
@@ -265,7 +359,9 @@ class HttpMcpServer:
                 body = await self._read_body(reader, buf, head.framing)
                 if body is None:
                     return
-                keep = await self._handle(head.method, head.target, dict(_lower(head.headers)), body, writer)
+                keep = await self._handle(
+                    head.method, head.target, dict(_lower(head.headers)), body, writer, reader, buf
+                )
                 if not keep:
                     return
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -304,7 +400,14 @@ class HttpMcpServer:
         return b""
 
     async def _handle(
-        self, method: str, target: str, headers: dict[str, str], body: bytes, writer: asyncio.StreamWriter
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        buf: bytearray,
     ) -> bool:
         path = urlsplit(target).path
         if self.opts.legacy_sse:
@@ -316,6 +419,10 @@ class HttpMcpServer:
             return self._respond(writer, 405 if path == "/sse" else 404, b"")
         if path != "/mcp":
             return self._respond(writer, 404, b"not found")
+        if self._serves_modern(method, headers):
+            if method != "POST":
+                return self._respond(writer, 405, b"", extra={"Allow": "POST"})
+            return await self._post_modern(headers, body, writer, reader, buf)
         if method == "POST":
             return await self._post(headers, body, writer)
         if method == "GET":
@@ -578,6 +685,220 @@ class HttpMcpServer:
         writer.write(LAST_CHUNK)
         await writer.drain()
         return True
+
+    # -- 2026-07-28 (stateless) --------------------------------------------------------------
+
+    def _serves_modern(self, method: str, headers: dict[str, str]) -> bool:
+        if self.opts.era == "modern":
+            return True
+        if self.opts.era != "dual" or method != "POST":
+            return False
+        version = headers.get("mcp-protocol-version")
+        return version is not None and version not in HANDSHAKE_VERSIONS
+
+    def _rpc_error(
+        self, writer: asyncio.StreamWriter, status: int, rid: Any, code: int, message: str, data: Any = None
+    ) -> bool:
+        error: dict[str, Any] = {"code": code, "message": message}
+        if data is not None:
+            error["data"] = data
+        body = json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode()
+        return self._respond(writer, status, body, "application/json")
+
+    def _modern_rejection(self, msg: dict[str, Any], headers: dict[str, str]) -> tuple[int, str, Any] | None:
+        """Why a 2026-07-28 request is refused before it runs: (code, message, data), or None."""
+        version = headers.get("mcp-protocol-version")
+        if version not in MODERN_VERSIONS:
+            return (
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {
+                    "supported": list(MODERN_VERSIONS),
+                    "requested": version,
+                },
+            )
+        params = msg.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if (
+            not isinstance(meta, dict)
+            or PROTOCOL_VERSION_KEY not in meta
+            or CLIENT_CAPABILITIES_KEY not in meta
+        ):
+            return -32602, "params._meta lacks the protocol version or client capabilities", None
+        assert isinstance(params, dict)
+        if meta[PROTOCOL_VERSION_KEY] != version:
+            return HEADER_MISMATCH, "MCP-Protocol-Version differs from _meta", None
+        if headers.get("mcp-method") != msg.get("method"):
+            return HEADER_MISMATCH, "Mcp-Method differs from the body", None
+        key = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}.get(
+            str(msg.get("method"))
+        )
+        if key is not None and decode_header_value(headers.get("mcp-name")) != params.get(key):
+            return HEADER_MISMATCH, f"Mcp-Name differs from params.{key}", None
+        return None
+
+    async def _post_modern(
+        self,
+        headers: dict[str, str],
+        body: bytes,
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        buf: bytearray,
+    ) -> bool:
+        try:
+            msg = json.loads(body)
+        except ValueError:
+            return self._rpc_error(writer, 400, None, -32700, "Parse error")
+        if not isinstance(msg, dict):
+            return self._rpc_error(writer, 400, None, -32600, "one message per POST")
+        self.messages.append((msg, headers))
+        if "id" not in msg:
+            return self._respond(writer, 202, b"")
+        rid = msg["id"]
+        method = msg.get("method")
+        rejection = self._modern_rejection(msg, headers)
+        if rejection is not None:
+            return self._rpc_error(writer, 400, rid, *rejection)
+        params = msg.get("params") or {}
+        if method == "tools/call":
+            call_id = (params.get("arguments") or {}).get("call_id")
+            if call_id is not None:
+                self.received[str(call_id)] += 1
+        if method == "subscriptions/listen":
+            return await self._listen_stream(rid, params, writer, reader, buf)
+        if self.opts.json_response:
+            reply = await self._run_modern(msg, None)
+            status = 404 if reply.get("error", {}).get("code") == -32601 else 200
+            return self._respond(writer, status, json.dumps(reply).encode(), "application/json")
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        runner = asyncio.ensure_future(self._run_modern(msg, queue))
+        runner.add_done_callback(lambda t: queue.put_nowait(None))
+        watcher = asyncio.ensure_future(self._watch_close(reader, buf, runner))
+        writer.write(
+            format_response(
+                200,
+                {
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-cache",
+                    "Transfer-Encoding": "chunked",
+                },
+            )
+        )
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                writer.write(encode_chunk(format_sse_event(json.dumps(item))))
+                await writer.drain()
+            if runner.cancelled():
+                return False  # the client closed the stream: that was the cancellation
+            writer.write(encode_chunk(format_sse_event(json.dumps(runner.result()))))
+            writer.write(LAST_CHUNK)
+            await writer.drain()
+            return True
+        finally:
+            await self._stop_watching(watcher)
+            if not runner.done():
+                runner.cancel()
+
+    @staticmethod
+    async def _stop_watching(watcher: asyncio.Future[None]) -> None:
+        # The connection loop reads next: the watcher's read must be over first.
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+    async def _watch_close(
+        self, reader: asyncio.StreamReader, buf: bytearray, runner: asyncio.Future[Any], *, count: bool = True
+    ) -> None:
+        data = await reader.read(65536)
+        if data:
+            buf += data  # the client's next request: keep it for the connection loop
+            return
+        if not runner.done():
+            self.stream_closes += count
+            runner.cancel()
+
+    async def _run_modern(
+        self, msg: dict[str, Any], queue: asyncio.Queue[dict[str, Any] | None] | None
+    ) -> dict[str, Any]:
+        rid = msg["id"]
+        method = msg.get("method")
+        params = msg.get("params") or {}
+        meta = params.get("_meta")
+        try:
+            if method == "server/discover":
+                self.discovers += 1
+                result: dict[str, Any] = {
+                    "supportedVersions": list(MODERN_VERSIONS)
+                    + (list(HANDSHAKE_VERSIONS) if self.opts.era == "dual" else []),
+                    "capabilities": self.mini.capabilities(),
+                    "instructions": self.mini.instructions,
+                    "ttlMs": 0,
+                    "cacheScope": "public",
+                }
+            elif method in ("initialize", "ping", "logging/setLevel", "resources/subscribe"):
+                raise McpError(-32601, f"{method} does not exist in 2026-07-28")
+            elif method == "tools/call" and params.get("name") == "ask":
+                result = ask_result(params)
+            else:
+                ctx = Context(_Channel(self, queue), rid, meta if isinstance(meta, dict) else None)  # type: ignore[arg-type]
+                result = await self.mini.dispatch(str(method), params, ctx)
+        except McpError as exc:
+            return {"jsonrpc": "2.0", "id": rid, "error": exc.to_dict()}
+        result.setdefault("resultType", "complete")
+        result["_meta"] = {SERVER_INFO_KEY: {"name": self.mini.name, "version": self.mini.version}}
+        return {"jsonrpc": "2.0", "id": rid, "result": result}
+
+    async def _listen_stream(
+        self,
+        rid: Any,
+        params: dict[str, Any],
+        writer: asyncio.StreamWriter,
+        reader: asyncio.StreamReader,
+        buf: bytearray,
+    ) -> bool:
+        wanted = params.get("notifications")
+        wanted = wanted if isinstance(wanted, dict) else {}
+        self.listens.append(params)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        entry = (rid, wanted, queue)
+        self._listeners.append(entry)
+        gone = asyncio.get_running_loop().create_future()
+        watcher = asyncio.ensure_future(self._watch_close(reader, buf, gone, count=False))
+        watcher.add_done_callback(lambda t: queue.put_nowait(None))
+        writer.write(
+            format_response(200, {"Content-Type": "text/event-stream", "Transfer-Encoding": "chunked"})
+        )
+        ack = {
+            "jsonrpc": "2.0",
+            "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": wanted, "_meta": {SUBSCRIPTION_ID_KEY: rid}},
+        }
+        writer.write(encode_chunk(format_sse_event(json.dumps(ack))))
+        await writer.drain()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                writer.write(encode_chunk(format_sse_event(json.dumps(item))))
+                await writer.drain()
+            if gone.cancelled():
+                return False
+            end = {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "result": {"resultType": "complete", "_meta": {SUBSCRIPTION_ID_KEY: rid}},
+            }
+            writer.write(encode_chunk(format_sse_event(json.dumps(end))))
+            writer.write(LAST_CHUNK)
+            await writer.drain()
+            return True
+        finally:
+            await self._stop_watching(watcher)
+            self._listeners.remove(entry)
 
     # -- legacy HTTP+SSE (2024-11-05) --------------------------------------------------------
 
