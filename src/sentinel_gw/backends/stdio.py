@@ -12,7 +12,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sentinel_gw import __version__
@@ -139,6 +139,36 @@ class _RateLimitedLog:
             log.warning("backend %s: %d stderr lines suppressed (rate limit)", self.name, self.suppressed)
             self.suppressed = 0
         log.info("backend %s stderr: %s", self.name, text[:STDERR_MAX_LINE])
+
+
+class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's subprocess protocol, except that stdout goes straight to a parser from the
+    pipe's read callback (one loop iteration less per reply than a reader task). Its StreamReader
+    still sees the end of stdout (or the error), so waiting for it works as before."""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=limit, loop=loop)
+        self._parse: Callable[[bytes], None] | None = None
+        self._early: list[bytes] = []  # stdout that arrived before the parser was attached
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        for fd in (1, 2):
+            small_reads(transport.get_pipe_transport(fd))  # type: ignore[attr-defined]
+
+    def attach(self, parse: Callable[[bytes], None]) -> None:
+        self._parse = parse
+        early, self._early = self._early, []
+        for chunk in early:
+            parse(chunk)
+
+    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
+        if fd != 1:
+            super().pipe_data_received(fd, data)
+        elif self._parse is None:
+            self._early.append(bytes(data))  # type: ignore[arg-type]
+        else:
+            self._parse(data)  # type: ignore[arg-type]
 
 
 class StdioBackend:
@@ -459,8 +489,11 @@ class StdioBackend:
         if cwd and not os.path.isdir(cwd):  # noqa: ASYNC240 - one stat per (re)start
             raise SpawnError(f"backend '{self.name}': cwd does not exist: {cwd}")
         self.state = BackendState.STARTING if self.restarts == 0 else BackendState.RESTARTING
+        loop = asyncio.get_running_loop()
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            # asyncio.create_subprocess_exec, with stdout parsed in the pipe's read callback.
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _ChildProtocol(_READ_CHUNK, loop),
                 command,
                 *self.cfg.args,
                 stdin=asyncio.subprocess.PIPE,
@@ -470,21 +503,18 @@ class StdioBackend:
                 cwd=cwd,
                 start_new_session=True,  # own process group: we can signal the whole tree
                 preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
-                limit=_READ_CHUNK,
             )
         except OSError as exc:
             raise SpawnError(
                 f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}"
             ) from None
-        self.pid = self._proc.pid
-        pipes = getattr(self._proc, "_transport", None)
-        if pipes is not None:
-            for fd in (1, 2):
-                small_reads(pipes.get_pipe_transport(fd))
+        proc = self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+        self.pid = proc.pid
         self._next_id = 0
+        protocol.attach(self._stdout_parser(proc))
         self._io_tasks = [
-            asyncio.create_task(self._read_stdout(self._proc), name=f"stdout:{self.name}"),
-            asyncio.create_task(self._read_stderr(self._proc), name=f"stderr:{self.name}"),
+            asyncio.create_task(self._stdout_closed(proc), name=f"stdout:{self.name}"),
+            asyncio.create_task(self._read_stderr(proc), name=f"stderr:{self.name}"),
         ]
         log.info("backend %s: started %s (pid %d)", self.name, command, self.pid)
 
@@ -714,14 +744,13 @@ class StdioBackend:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    async def _read_stdout(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    def _stdout_parser(self, proc: asyncio.subprocess.Process) -> Callable[[bytes], None]:
+        """The child's stdout, chunk by chunk, parsed in the pipe's read callback (see
+        _ChildProtocol): a reply settles its waiter without a reader task in between."""
         splitter = LineSplitter(self.max_message_bytes)
         garbage = _RateLimitedLog(self.name)
-        while True:
-            chunk = await proc.stdout.read(_READ_CHUNK)
-            if not chunk:
-                return
+
+        def feed(chunk: bytes) -> None:
             for line in splitter.feed(chunk):
                 if isinstance(line, TooLong):
                     log.error(
@@ -743,6 +772,14 @@ class StdioBackend:
                     self._on_message(message, proc)
                 except Exception:  # one odd message must never stop the reader
                     log.exception("backend %s: message handling failed", self.name)
+
+        return feed
+
+    @staticmethod
+    async def _stdout_closed(proc: asyncio.subprocess.Process) -> None:
+        """Ends when the child's stdout does (its data goes to the parser, never to this reader)."""
+        assert proc.stdout is not None
+        await proc.stdout.read()
 
     async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from sentinel_gw.aio import small_reads
@@ -119,6 +120,67 @@ async def _chunks(stream: IO[bytes]) -> Any:
             yield data
 
 
+class _ChunkProtocol(asyncio.Protocol):
+    """Hands each chunk to `on_chunk` inside the transport's read callback: one loop iteration
+    less per message than a StreamReader, whose reader task wakes up in the next iteration."""
+
+    def __init__(self, on_chunk: Callable[[bytes], None]) -> None:
+        self.on_chunk = on_chunk
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        if self.done.done():
+            return
+        try:
+            self.on_chunk(data)
+        except Exception as exc:
+            self.done.set_exception(exc)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            if exc is None:
+                self.done.set_result(None)
+            else:
+                self.done.set_exception(exc)
+
+
+async def _feed_chunks(stream: IO[bytes], on_chunk: Callable[[bytes], None]) -> None:
+    """Feed stdin to `on_chunk` until end of input (or until `on_chunk` raises `_Stop`): from the
+    pipe transport's callback when stdin is a pipe, from a thread when it is a file."""
+    loop = asyncio.get_running_loop()
+    protocol = _ChunkProtocol(on_chunk)
+    try:
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, stream)
+    except (ValueError, OSError):
+        while True:
+            data = await loop.run_in_executor(
+                None, stream.read1 if hasattr(stream, "read1") else stream.read, _READ_CHUNK
+            )
+            if not data:
+                return
+            try:
+                on_chunk(data)
+            except _Stop:
+                return
+        return
+    small_reads(transport)
+    try:
+        await protocol.done
+    except _Stop:
+        return
+    finally:
+        # Nothing more is read once the front stops (the transport keeps fd 0 until exit).
+        with contextlib.suppress(Exception):
+            transport.pause_reading()
+
+
+class _Stop(Exception):
+    """Raised by a chunk handler: stop reading stdin."""
+
+
 async def serve_stdio(
     gateway: Gateway,
     identity: Identity,
@@ -173,29 +235,31 @@ async def serve_stdio(
     max_bytes = gateway.config.gateway.max_message_bytes
     splitter = LineSplitter(max_bytes)
 
-    async def pump() -> None:
-        async for chunk in _chunks(stdin):
-            for line in splitter.feed(chunk):
-                if isinstance(line, TooLong):
-                    send(
-                        jsonrpc.error(
-                            None,
-                            jsonrpc.INVALID_REQUEST,
-                            f"Invalid Request: message of {line.size} bytes exceeds the limit of "
-                            f"{max_bytes} bytes",
-                            {"reason": "message_too_large", "limit": max_bytes},
-                        )
+    def on_chunk(chunk: bytes) -> None:
+        for line in splitter.feed(chunk):
+            if isinstance(line, TooLong):
+                send(
+                    jsonrpc.error(
+                        None,
+                        jsonrpc.INVALID_REQUEST,
+                        f"Invalid Request: message of {line.size} bytes exceeds the limit of "
+                        f"{max_bytes} bytes",
+                        {"reason": "message_too_large", "limit": max_bytes},
                     )
-                    continue
-                try:
-                    message = jsonrpc.decode(line)
-                except jsonrpc.JsonRpcError as exc:
-                    send(jsonrpc.error_from(None, exc))
-                    continue
-                gateway.receive(session, message)
-            if writer.broken:
-                log.info("stdout closed by the client")
-                return
+                )
+                continue
+            try:
+                message = jsonrpc.decode(line)
+            except jsonrpc.JsonRpcError as exc:
+                send(jsonrpc.error_from(None, exc))
+                continue
+            gateway.receive(session, message)
+        if writer.broken:
+            log.info("stdout closed by the client")
+            raise _Stop
+
+    async def pump() -> None:
+        await _feed_chunks(stdin, on_chunk)
 
     reading = asyncio.create_task(pump(), name="stdin")
     stopping = asyncio.create_task(shutdown.requested.wait())
