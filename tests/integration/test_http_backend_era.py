@@ -215,6 +215,13 @@ async def test_modern_pinned_against_a_handshake_only_server_fails_clearly(http_
     assert events.ready == []
 
 
+async def test_modern_over_http_sse_is_a_configuration_error(http_backend):
+    b, events = await http_backend("http://127.0.0.1:9/mcp", era="modern", transport="sse", wait=False)
+    assert not await b.wait_ready(BOUND)
+    assert b.state is BackendState.FAILED and "cannot carry" in b.last_error
+    assert events.down == ["gave_up"]
+
+
 # ---------------------------------------------------------------------------------------------
 # era = legacy against a 2026-07-28-only server
 
@@ -413,6 +420,17 @@ async def test_handshake_client_through_the_gateway(http_server, make_config, op
     await eventually(lambda: changes() > before)
     assert "h_extra_1" in {t["name"] for t in (await gw.request("tools/list"))["tools"]}
     assert srv.listens and srv.get_requests == []  # it came on a listen stream, not a GET stream
+
+    # A resource subscription becomes a listen stream for that URI upstream.
+    await gw.request("resources/subscribe", {"uri": "test://http/hello"})
+    await eventually(lambda: any(p["notifications"].get("resourceSubscriptions") for p in srv.listens))
+    await gw.request("tools/call", {"name": "h_touch", "arguments": {"uri": "test://http/hello"}})
+    await eventually(
+        lambda: any(
+            n["method"] == "notifications/resources/updated" and n["params"]["uri"] == "test://http/hello"
+            for n in gw.notifications
+        )
+    )
     assert srv.initializes == 0 and all("mcp-session-id" not in h for _, h in srv.messages)
 
 

@@ -210,6 +210,10 @@ def build_tools(srv: HttpMcpServer) -> MiniServer:
         srv.broadcast("notifications/tools/list_changed")
         return text_result(name)
 
+    @mini.tool("touch", "Announce that resource arguments.uri changed", any_args)
+    async def touch(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return text_result(str(srv.broadcast("notifications/resources/updated", {"uri": args.get("uri")})))
+
     mini.resource("test://http/hello", "hello", text="hello over http")
     mini.resource("test://http/café", "café", text="un café")
     mini.prompt(
@@ -315,7 +319,7 @@ class HttpMcpServer:
 
     def broadcast(self, method: str, params: dict[str, Any] | None = None) -> int:
         """An unsolicited notification on every open GET stream, and on every listen stream whose
-        filter asked for it; returns how many got it."""
+        filter asked for it (list kinds, resourceSubscriptions); returns how many got it."""
         msg = {"jsonrpc": "2.0", "method": method, "params": params or {}}
         n = 0
         for session in [*self.sessions.values(), self._nosession]:
@@ -324,8 +328,12 @@ class HttpMcpServer:
                 queue.put_nowait(msg)
                 n += 1
         kind = method.split("/")[1] if method.endswith("/list_changed") else ""
+        uri = (params or {}).get("uri") if method == "notifications/resources/updated" else None
         for sub_id, wanted, queue in self._listeners:
-            if kind and wanted.get(f"{kind}ListChanged"):
+            uris = wanted.get("resourceSubscriptions")
+            if (kind and wanted.get(f"{kind}ListChanged")) or (
+                uri and isinstance(uris, list) and uri in uris
+            ):
                 meta = {SUBSCRIPTION_ID_KEY: sub_id}
                 queue.put_nowait({**msg, "params": {**(params or {}), "_meta": meta}})
                 n += 1

@@ -1031,6 +1031,10 @@ class HttpBackend:
     # -- connection lifecycle ------------------------------------------------------------------
 
     def _prepare(self) -> None:
+        if self.cfg.era == "modern" and self.cfg.transport == "sse":
+            raise _Fatal(
+                f'backend \'{self.name}\': transport = "sse" (2024-11-05) cannot carry era = "modern"'
+            )
         headers: list[tuple[str, str]] = list(self.cfg.headers.items())
         missing = sorted({v for v in self.cfg.headers_from_env.values() if v not in self.environ})
         if missing:
@@ -1147,7 +1151,7 @@ class HttpBackend:
         era = self.cfg.era
         if era == "modern":
             await self._discover(caps)
-        elif era == "legacy":
+        elif era == "legacy" or self.cfg.transport == "sse":  # HTTP+SSE is handshake-era only
             await self._initialize(caps)
         else:
             await self._negotiate(caps)
