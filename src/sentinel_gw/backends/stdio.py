@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from sentinel_gw import __version__
-from sentinel_gw.aio import small_reads
+from sentinel_gw.aio import CoalescingWriter, small_reads
 from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
 from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.observe import current_client_caps
@@ -196,6 +196,7 @@ class StdioBackend:
         self.restarts = 0
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._out: CoalescingWriter | None = None  # the child's stdin
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
         self._ready = asyncio.Event()
@@ -369,17 +370,18 @@ class StdioBackend:
 
     def _write(self, message: dict[str, Any]) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+        out = self._out
+        if proc is None or out is None or proc.stdin is None or proc.stdin.is_closing():
             raise BackendError(self.name, "unavailable", f"Backend '{self.name}' is not running")
-        proc.stdin.write(jsonrpc.encode(message))
-        transport = proc.stdin.transport
-        if transport.get_write_buffer_size() > _WRITE_HIGH_WATER and self._drain_task is None:
+        out.write(jsonrpc.encode(message))
+        if out.buffered() > _WRITE_HIGH_WATER and self._drain_task is None:
             # A child that stops reading must not make us buffer without bound.
-            self._drain_task = asyncio.ensure_future(self._drain(proc))
+            self._drain_task = asyncio.ensure_future(self._drain(proc, out))
 
-    async def _drain(self, proc: asyncio.subprocess.Process) -> None:
+    async def _drain(self, proc: asyncio.subprocess.Process, out: CoalescingWriter) -> None:
         try:
             assert proc.stdin is not None
+            out.flush()
             await asyncio.wait_for(proc.stdin.drain(), self.cfg.timeout_secs)
         except (asyncio.TimeoutError, ConnectionError, OSError):
             if proc.returncode is None and self._proc is proc:
@@ -509,6 +511,8 @@ class StdioBackend:
                 f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}"
             ) from None
         proc = self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+        assert proc.stdin is not None
+        self._out = CoalescingWriter(proc.stdin.transport)  # type: ignore[arg-type]
         self.pid = proc.pid
         self._next_id = 0
         protocol.attach(self._stdout_parser(proc))
@@ -674,6 +678,8 @@ class StdioBackend:
             return
         if proc.returncode is None:
             with contextlib.suppress(Exception):
+                if self._out is not None:
+                    self._out.flush()  # what was written goes out before the end of input
                 if proc.stdin is not None:
                     proc.stdin.close()
             if not await self._wait_for(proc, STOP_STDIN_GRACE):
@@ -693,6 +699,7 @@ class StdioBackend:
                 await task
         self._fail_pending("crashed", f"Backend '{self.name}' stopped before answering")
         self._proc = None
+        self._out = None
 
     @staticmethod
     async def _wait_for(proc: asyncio.subprocess.Process, timeout: float) -> bool:
@@ -858,7 +865,8 @@ class StdioBackend:
             except Exception as exc:  # never let a client-side failure kill the reader
                 log.exception("backend %s: relaying %s failed", self.name, method)
                 reply = jsonrpc.error(req_id, jsonrpc.INTERNAL_ERROR, f"gateway error: {type(exc).__name__}")
-        if self._proc is not proc or proc.stdin is None or proc.stdin.is_closing():
+        out = self._out
+        if self._proc is not proc or out is None or proc.stdin is None or proc.stdin.is_closing():
             return  # the child that asked is gone; never answer its successor
         with contextlib.suppress(ConnectionError, RuntimeError):
-            proc.stdin.write(jsonrpc.encode(reply))
+            out.write(jsonrpc.encode(reply))

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import IO, Any
 
-from sentinel_gw.aio import small_reads
+from sentinel_gw.aio import CoalescingWriter, small_reads
 from sentinel_gw.gateway import Gateway
 from sentinel_gw.lifecycle import Shutdown
 from sentinel_gw.policy.identity import Identity
@@ -32,20 +32,23 @@ _SHEDDABLE = ("notifications/progress", "notifications/message")
 
 
 class _PipeWriter:
-    """Writes without a flush per message; drains only when the client falls behind."""
+    """Writes without a flush per message (replies finished in the same loop iteration share one
+    write); drains only when the client falls behind."""
 
     def __init__(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol) -> None:
         self.transport = transport
         self.protocol = protocol
+        self.out = CoalescingWriter(transport)
         self.broken = False
 
     def write(self, data: bytes) -> None:
         if self.broken or self.transport.is_closing():
             self.broken = True
             return
-        self.transport.write(data)
+        self.out.write(data)
 
     async def drain(self) -> None:
+        self.out.flush()
         if self.transport.get_write_buffer_size() and not self.transport.is_closing():
             drain = getattr(self.protocol, "_drain_helper", None)
             if drain is not None:
@@ -53,9 +56,10 @@ class _PipeWriter:
                     await drain()
 
     def buffered(self) -> int:
-        return 0 if self.transport.is_closing() else self.transport.get_write_buffer_size()
+        return 0 if self.transport.is_closing() else self.out.buffered()
 
     def close(self) -> None:
+        self.out.flush()
         self.transport.close()
 
 
