@@ -40,6 +40,7 @@ import bisect
 import contextlib
 import errno
 import fnmatch
+import functools
 import hashlib
 import itertools
 import json
@@ -545,6 +546,18 @@ _INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit_events"  # noqa: S608 - fixed column names
+# SQLite before 3.32 allows 999 variables per statement.
+_ROWS_PER_INSERT = 999 // len(_COLUMNS)
+_ROW_MARKS = f"({', '.join('?' for _ in _COLUMNS)})"
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_rows(n: int) -> str:
+    """INSERT OR IGNORE of `n` rows in one statement (same semantics per row as _INSERT)."""
+    return (
+        f"INSERT OR IGNORE INTO audit_events ({', '.join(_COLUMNS)}) "  # noqa: S608 - fixed column names
+        f"VALUES {', '.join(_ROW_MARKS for _ in range(n))}"
+    )
 
 
 _JSON_INDEXES = tuple(i for i, name in enumerate(_COLUMNS) if name in _JSON_COLUMNS)
@@ -636,7 +649,12 @@ class SqliteSink:
         rows = [_to_row(ev) for ev in events]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(_INSERT, rows)
+            # Multi-row INSERTs rather than executemany: executemany releases and re-takes the
+            # GIL around every row, and each re-take can stall the event loop for a switch
+            # interval; this takes it a few times per batch.
+            for i in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[i : i + _ROWS_PER_INSERT]
+                conn.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
