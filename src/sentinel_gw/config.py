@@ -593,6 +593,12 @@ def _check_backend(b: BackendConfig, path: str, errs: _Errors) -> None:
         )
     if b.type == "http":
         _check_http_backend(b, path, errs)
+        if b.era == "modern" and b.transport == "sse":
+            errs.add(
+                _key(path, "era"),
+                '"modern" cannot be spoken over transport = "sse" (HTTP+SSE is handshake-era only); '
+                'use transport = "auto" or "streamable"',
+            )
         for key in STDIO_ONLY_KEYS:
             if _is_set(b, key):
                 errs.add(_key(path, key), 'only valid with type = "stdio" (this backend is type = "http")')

@@ -273,6 +273,7 @@ CROSS_FIELD = [
     (backend('transport = "sse"'), "backends[0].transport", 'only valid with type = "http"'),
     (backend("[backends.tls]\nverify = false"), "backends[0].tls", 'only valid with type = "http"'),
     (http_backend('transport = "websocket"'), "backends[0].transport", '"auto", "streamable", "sse"'),
+    (http_backend('era = "modern"\ntransport = "sse"'), "backends[0].era", "handshake-era only"),
     (http_backend('headers = { X = "a\\r\\nInjected: 1" }'), "backends[0].headers.X", "CR, LF"),
     (http_backend('headers = { X = "a\\nb" }'), "backends[0].headers.X", "CR, LF"),
     (http_backend('headers = { "Bad Name" = "1" }'), 'backends[0].headers."Bad Name"', "invalid header name"),
