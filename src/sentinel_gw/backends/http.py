@@ -26,12 +26,10 @@ Wire rules this module keeps (the original gateway broke each of them):
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -54,18 +52,19 @@ from sentinel_gw.httpwire import (
 from sentinel_gw.observe import current_client_caps
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.mcp import (
-    CLIENT_CAPABILITIES_KEY,
-    CLIENT_INFO_KEY,
     HANDSHAKE_VERSIONS,
     HEADER_MISMATCH,
     LATEST_HANDSHAKE,
     LIST_CHANGED,
     MISSING_CLIENT_CAPABILITY,
     MODERN_VERSIONS,
-    PROTOCOL_VERSION_KEY,
+    NAME_PARAMS,
     REMOVED_IN_MODERN,
-    SERVER_INFO_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
+    encode_header_value,
+    modern_meta,
+    parse_discover,
+    with_modern_meta,
 )
 from sentinel_gw.resilience import (
     BreakerState,
@@ -104,10 +103,8 @@ ERA_MISMATCH_STATUSES = (400, 404, 405)
 # Errors only a 2026-07-28 server sends: positive evidence of the modern era.
 MODERN_ERRORS = frozenset({HEADER_MISMATCH, MISSING_CLIENT_CAPABILITY, UNSUPPORTED_PROTOCOL_VERSION})
 # 2026-07-28: which params field each named method mirrors into the Mcp-Name header.
-NAME_PARAMS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # Notifications a listen stream may carry to the gateway; anything else there is not for us.
 LISTEN_NOTIFICATIONS = frozenset({*LIST_CHANGED.values(), "notifications/resources/updated"})
-_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
 
 
 class _AttemptError(Exception):
@@ -206,38 +203,16 @@ def _valid_session_id(value: str) -> bool:
     return 0 < len(value) <= 1024 and all(0x21 <= ord(c) <= 0x7E for c in value)
 
 
-def _header_value(value: str) -> str | None:
-    """A value as a 2026-07-28 header carries it: verbatim when it survives an HTTP field, else
-    `=?base64?<UTF-8>?=` (also when it merely looks like that wrapping, so a literal is never
-    decoded by the server). None when it cannot be encoded (lone surrogates)."""
-    wrapped = value.startswith("=?base64?") and value.endswith("?=")
-    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not wrapped:
-        return value
-    try:
-        raw = value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return "=?base64?" + base64.b64encode(raw).decode("ascii") + "?="
-
-
 def _route_headers(method: str, params: dict[str, Any] | None, version: str) -> list[tuple[str, str]]:
     """The headers a 2026-07-28 server checks against the body (-32020 when they disagree)."""
     headers = [("MCP-Protocol-Version", version), ("Mcp-Method", method)]
     key = NAME_PARAMS.get(method)
     value = params.get(key) if key is not None and params is not None else None
     if isinstance(value, str):
-        encoded = _header_value(value)
+        encoded = encode_header_value(value)
         if encoded is not None:
             headers.append(("Mcp-Name", encoded))
     return headers
-
-
-def _modern_meta(version: str, caps: dict[str, Any]) -> dict[str, Any]:
-    return {
-        PROTOCOL_VERSION_KEY: version,
-        CLIENT_CAPABILITIES_KEY: caps,
-        CLIENT_INFO_KEY: {"name": "sentinel-gw", "version": __version__},
-    }
 
 
 def _modern_offer(data: Any) -> list[str]:
@@ -1247,7 +1222,7 @@ class HttpBackend:
             tried.add(version)
             try:
                 result = await self._attempt(
-                    "server/discover", {"_meta": _modern_meta(version, caps)}, deadline, None, version=version
+                    "server/discover", {"_meta": modern_meta(version, caps)}, deadline, None, version=version
                 )
                 break
             except jsonrpc.JsonRpcError as exc:
@@ -1275,29 +1250,17 @@ class HttpBackend:
             if pinned:
                 raise RuntimeError(f"backend's server/discover does not list protocol {version}")
             return False
-        caps_out = result.get("capabilities")
-        self.capabilities = caps_out if isinstance(caps_out, dict) else {}
-        meta = result.get("_meta")
-        info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
-        self.server_info = info if isinstance(info, dict) else {}
-        instructions = result.get("instructions")
-        self.instructions = instructions if isinstance(instructions, str) else ""
+        self.capabilities, self.server_info, self.instructions = parse_discover(result)
         self.protocol_version = version
         self.modern = True
         return True
 
     def _modern_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        """Every 2026-07-28 request carries the version and the caller's capabilities in _meta."""
-        params = dict(params or {})
-        meta = params.get("_meta")
+        """Every 2026-07-28 request carries the version and the caller's capabilities in _meta:
+        the caller's own (routable) ones when a client request is being served, otherwise (lists,
+        health) what the gateway declared for itself."""
         caps = current_client_caps.get()
-        params["_meta"] = {
-            **(meta if isinstance(meta, dict) else {}),
-            # The caller's own (routable) capabilities when a client request is being served;
-            # otherwise (lists, health) what the gateway declared for itself.
-            **_modern_meta(self.protocol_version, self._upstream_caps if caps is None else caps),
-        }
-        return params
+        return with_modern_meta(params, self.protocol_version, self._upstream_caps if caps is None else caps)
 
     def _turned_modern(self, exc: jsonrpc.JsonRpcError) -> bool:
         """era = auto on a handshake-era connection: a -32022 naming a 2026-07-28 version we

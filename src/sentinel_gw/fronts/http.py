@@ -31,7 +31,6 @@ Requests whose ``MCP-Protocol-Version`` is not a handshake-era version go to `ha
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -68,8 +67,10 @@ from sentinel_gw.protocol.mcp import (
     HEADER_MISMATCH,
     MISSING_CLIENT_CAPABILITY,
     MODERN_VERSIONS,
+    NAME_PARAMS,
     SUPPORTED_VERSIONS,
     UNSUPPORTED_PROTOCOL_VERSION,
+    decode_header_value,
     modern_version,
 )
 from sentinel_gw.session import Session
@@ -438,7 +439,6 @@ MODERN_METHODS = frozenset(
     }
 )
 MODERN_SSE_METHODS = SSE_METHODS | {"subscriptions/listen"}
-_NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 # Errors about the request itself are HTTP 400 in 2026-07-28; the rest ride a 200.
 _BAD_REQUEST_CODES = frozenset(
     {
@@ -451,24 +451,14 @@ _BAD_REQUEST_CODES = frozenset(
 )
 
 
-def _header_value(raw: str | None) -> str | None:
-    """A 2026-07-28 header value: values that are not header-safe come as =?base64?...?=."""
-    if raw is not None and raw.startswith("=?base64?") and raw.endswith("?="):
-        try:
-            return base64.b64decode(raw[9:-2], validate=True).decode("utf-8")
-        except (ValueError, UnicodeDecodeError):
-            return None
-    return raw
-
-
 def _header_mismatch(req: HttpRequest, method: str, params: dict[str, Any], version: str) -> str | None:
     """Why the Mcp-* headers disagree with the body (which is what is acted on), or None."""
     if modern_version(params) != version:
         return "MCP-Protocol-Version differs from _meta's protocolVersion"
-    if _header_value(req.headers.get("mcp-method")) != method:
+    if decode_header_value(req.headers.get("mcp-method")) != method:
         return "Mcp-Method is missing or differs from the body's method"
-    key = _NAME_PARAM.get(method)
-    if key is not None and _header_value(req.headers.get("mcp-name")) != params.get(key):
+    key = NAME_PARAMS.get(method)
+    if key is not None and decode_header_value(req.headers.get("mcp-name")) != params.get(key):
         return f"Mcp-Name is missing or differs from params.{key}"
     return None
 

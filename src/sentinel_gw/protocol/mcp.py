@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from sentinel_gw import __version__
+
 # Handshake-era revisions, newest first.
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[0]
@@ -77,6 +79,69 @@ CLIENT_REQUEST_CAPABILITY: dict[str, str] = {
 }
 # What the gateway can route from a backend to its client, so what it may declare upstream.
 ROUTABLE_CLIENT_CAPABILITIES: tuple[str, ...] = ("roots", "sampling", "elicitation")
+
+
+# 2026-07-28 requests whose Mcp-Name header repeats a param.
+NAME_PARAMS: dict[str, str] = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+_HEADER_SAFE = re.compile(r"[\x20-\x7e]*")
+_B64_OPEN, _B64_CLOSE = "=?base64?", "?="
+
+
+def encode_header_value(value: str) -> str | None:
+    """A value as a 2026-07-28 header carries it: verbatim when it survives an HTTP field, else
+    `=?base64?<UTF-8>?=` (also when it merely looks like that wrapping, so a literal is never
+    decoded by the server). None when it cannot be encoded (lone surrogates)."""
+    wrapped = value.startswith(_B64_OPEN) and value.endswith(_B64_CLOSE)
+    if _HEADER_SAFE.fullmatch(value) and value == value.strip() and not wrapped:
+        return value
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return _B64_OPEN + base64.b64encode(raw).decode("ascii") + _B64_CLOSE
+
+
+def decode_header_value(raw: str | None) -> str | None:
+    """The value a 2026-07-28 header stands for; None when absent or badly wrapped."""
+    if raw is not None and raw.startswith(_B64_OPEN) and raw.endswith(_B64_CLOSE):
+        try:
+            return base64.b64decode(raw[len(_B64_OPEN) : -len(_B64_CLOSE)], validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return raw
+
+
+def modern_meta(version: str, caps: Mapping[str, Any]) -> dict[str, Any]:
+    """The `_meta` keys the gateway puts on each 2026-07-28 request it sends to a backend."""
+    return {
+        PROTOCOL_VERSION_KEY: version,
+        CLIENT_CAPABILITIES_KEY: caps,
+        CLIENT_INFO_KEY: {"name": "sentinel-gw", "version": __version__},
+    }
+
+
+def with_modern_meta(
+    params: Mapping[str, Any] | None, version: str, caps: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`params` for a 2026-07-28 backend: our version, identity and the given capabilities in
+    `_meta`, the caller's other `_meta` keys (progressToken) kept."""
+    out = dict(params or {})
+    meta = out.get("_meta")
+    out["_meta"] = {**(meta if isinstance(meta, dict) else {}), **modern_meta(version, caps)}
+    return out
+
+
+def parse_discover(result: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(capabilities, serverInfo, instructions) of a server/discover result, each well-typed."""
+    caps = result.get("capabilities")
+    meta = result.get("_meta")
+    info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
+    instructions = result.get("instructions")
+    return (
+        caps if isinstance(caps, dict) else {},
+        info if isinstance(info, dict) else {},
+        instructions if isinstance(instructions, str) else "",
+    )
 
 
 def modern_version(params: Mapping[str, Any]) -> str | None:
