@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -216,12 +215,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(f"{config.source}: auth: {exc}")
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}")
-    return asyncio.run(
+    from sentinel_gw import accel
+
+    return accel.run(
         _serve(args, path, config, environ, policy=policy, identity=identity, admin_token=admin_token)
     )
 
 
 async def _serve(args, path, config, environ, *, policy, identity, admin_token) -> int:  # type: ignore[no-untyped-def]
+    import asyncio
     import logging
     import ssl
 
@@ -232,6 +234,7 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
     from sentinel_gw.ops.reload import Reloader, install_sighup
 
     log = logging.getLogger("sentinel_gw.serve")
+    log.info("accelerators: %s", _accelerators())
     gateway = Gateway(config, environ=environ, policy=policy)
     audit = recorder = None
     if config.audit.sinks:
@@ -318,6 +321,16 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
         if audit is not None:
             await audit.close()  # flushed within audit.shutdown_deadline_secs; the rest is spooled
         shutdown.uninstall()
+
+
+def _accelerators() -> str:
+    """What this process runs on: "json orjson, event loop uvloop" or the standard library's."""
+    import asyncio
+
+    from sentinel_gw.protocol import jsonrpc
+
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return f"json {jsonrpc.json_backend()}, event loop {loop}"
 
 
 def _tune_gc() -> None:
@@ -513,6 +526,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sentinel_gw.fronts.bridge import run_bridge
     from sentinel_gw.logs import setup_logging
 
@@ -525,6 +540,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sentinel_gw.demo import run_demo
 
     return asyncio.run(run_demo(verbose=args.verbose))
@@ -550,6 +567,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sentinel_gw.demo_server import main as demo_main
 
         return demo_main(argv[1:])
+    if argv == ["--version"]:
+        # Answered before the parser (and the modules its subcommands import) is built.
+        print(f"sentinel-gw {__version__}")
+        return EXIT_OK
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -32,6 +32,56 @@ JsonId = str | int
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decode = json.JSONDecoder().decode
 
+# Optional orjson (see sentinel_gw.accel), confined to what it does exactly like the stdlib:
+# - encoding: orjson raises for what it cannot represent as the stdlib would (integers beyond 64
+#   bits, non-string keys, lone surrogates, subclasses of str/int/dict/list, nesting beyond 254),
+#   and then the stdlib encodes that message. Non-finite floats become null, as on the stdlib's
+#   tolerant path. Output differs only in float spelling (1e-05 vs 0.00001) and in escaping
+#   nothing more than needed, never in meaning.
+# - decoding: small messages only (ordinary requests and replies), and only without a run of 19
+#   digits (orjson turns integers beyond 64 bits into floats, the stdlib keeps them exact). Short
+#   lines cannot nest deeper than the stdlib parses. Anything orjson rejects (NaN, Infinity, lone
+#   surrogates, invalid UTF-8) goes to the stdlib, which accepts it or words the error as before.
+#   Bigger messages are left to the stdlib: the guards would cost more than orjson saves there.
+FAST_DECODE_MAX = 512
+_DIGITS_AS_ZERO = bytes.maketrans(b"0123456789", b"0000000000")
+_LONG_NUMBER = b"0" * 19
+_fast_dumps: Any = None
+_fast_loads: Any = None
+_fast_option = 0
+_fast_errors: tuple[type[Exception], ...] = ()
+
+
+def use_orjson(module: Any) -> None:
+    """Encode/decode with `module` (orjson) where it is exact, or with the stdlib only (None)."""
+    global _fast_dumps, _fast_loads, _fast_option, _fast_errors
+    if module is None:
+        _fast_dumps = _fast_loads = None
+        _fast_errors = ()
+        return
+    _fast_dumps, _fast_loads = module.dumps, module.loads
+    _fast_option = (
+        module.OPT_APPEND_NEWLINE
+        | module.OPT_PASSTHROUGH_SUBCLASS
+        | module.OPT_PASSTHROUGH_DATACLASS
+        | module.OPT_PASSTHROUGH_DATETIME
+    )
+    _fast_errors = (module.JSONEncodeError, module.JSONDecodeError)
+
+
+def json_backend() -> str:
+    """ "orjson" or "stdlib": what encode/decode use first."""
+    return "stdlib" if _fast_dumps is None else "orjson"
+
+
+def _init_accel() -> None:
+    from sentinel_gw import accel
+
+    use_orjson(accel.orjson())
+
+
+_init_accel()
+
 
 class JsonRpcError(Exception):
     """An error that becomes a JSON-RPC error response."""
@@ -67,6 +117,11 @@ def encode(message: Any) -> bytes:
     from a string cut mid-emoji): those fall back to ASCII escapes with non-finite numbers as
     null, so a reply is never lost to encoding.
     """
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps(message, option=_fast_option)  # type: ignore[no-any-return]
+        except _fast_errors:
+            pass  # not representable by orjson exactly as by the stdlib: the stdlib decides
     try:
         return (_encoder.encode(message) + "\n").encode("utf-8")
     except (ValueError, UnicodeEncodeError):
@@ -85,6 +140,16 @@ def _finite(value: Any) -> Any:
 
 def decode(data: bytes | str) -> Any:
     """Parse one message; raises JsonRpcError(PARSE_ERROR) with a short reason."""
+    if (
+        _fast_loads is not None
+        and type(data) is bytes
+        and len(data) <= FAST_DECODE_MAX
+        and _LONG_NUMBER not in data.translate(_DIGITS_AS_ZERO)
+    ):
+        try:
+            return _fast_loads(data)
+        except _fast_errors:
+            pass  # the stdlib accepts it (NaN, lone surrogates) or explains the error
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         return _decode(text)
