@@ -1,17 +1,20 @@
 """stdio benchmark: the gateway versus a direct connection to the same echo backend, same run.
 
-Scenarios (each repeated `--rounds` times, direct and gateway interleaved):
-- latency: sequential `tools/call echo`, one in flight: p50 / p99
-- throughput: `--concurrency` calls in flight: calls per second
-- memory: the gateway process's PSS (from /proc/PID/smaps_rollup) idle with 3 backends, and after
-  the calls
-- cold start: spawn to first complete `tools/list` through the gateway with 3 backends, versus the
-  slowest backend's own spawn + initialize + tools/list
+Scenarios (direct and gateway interleaved round by round, the order alternating):
+- latency: sequential `tools/call echo`, one in flight: p50 / p99 (issue 8: <= 2.5x / <= 3x direct)
+- throughput: `--concurrency` calls in flight: calls per second (issue 8: >= 0.25x direct at 16)
+- memory: the gateway's PSS (/proc/PID/smaps_rollup) with 3 idle backends and after 10,000 calls
+- leak: `--leak-calls` calls, PSS sampled every 10,000; growth and slope after the first 10,000
+- cold start: launch to the first complete `tools/list` with 3 backends of different start times
+  (a bare echo server, a miniserver one, an official-SDK one), versus the slowest backend's own
+  launch + initialize + tools/list measured the same way (issue 8: <= slowest + 50 ms)
 
-The gateway runs with JWT auth, RBAC, a rate limit and argument validation on (the realistic
-configuration), so the ratios include the work a security gateway must do.
+The gateway runs with JWT auth, RBAC, a rate limit, argument validation and the SQLite audit sink
+on (the realistic configuration), so the ratios include the work a security gateway must do.
 
     python bench/bench_stdio.py [--calls 2000] [--rounds 3] [--concurrency 32] [--markdown out.md]
+
+`bench/run_all.py` runs these scenarios together with the HTTP and zipapp ones.
 """
 
 from __future__ import annotations
@@ -19,198 +22,307 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sentinel_gw.policy.auth import mint_token  # noqa: E402
-from sentinel_gw.stdio_client import StdioClient, self_command  # noqa: E402
+from benchlib import (
+    ECHO,
+    MINI,
+    SDK,
+    Backend,
+    RawStdio,
+    Row,
+    audit_rows,
+    echo_backends,
+    gateway_argv,
+    gateway_env,
+    latency,
+    median,
+    open_stdio,
+    pct,
+    progress,
+    pss_mib,
+    ratios,
+    slope,
+    throughput,
+    write_config,
+)
 
-ECHO = [sys.executable, str(ROOT / "tests" / "servers" / "echo_server.py")]
-SECRET = "bench-secret-" + "k" * 40
-
-
-def config_text(backends: int, tmp: Path) -> str:
-    parts = [
-        "[auth]",
-        'mode = "jwt"',
-        'secret_env = "BENCH_SECRET"',
-        "[rbac.roles.bench]",
-        'permissions = ["tools.call"]',
-        'deny_tools = ["*forbidden*"]',
-        "[rate_limits]",
-        'algorithm = "token_bucket"',
-        "default = { requests = 10000000, window_secs = 1 }",
-        "[kill_switch]",
-        f'file = "{tmp / "kill.json"}"',
-    ]
-    for i in range(backends):
-        parts += [
-            "[[backends]]",
-            f'name = "echo{i}"',
-            'type = "stdio"',
-            f'command = "{ECHO[0]}"',
-            f'args = ["{ECHO[1]}"]',
-        ]
-        if i:
-            parts.append(f'prefix = "e{i}"')
-    return "\n".join(parts) + "\n"
+MIB = 1.0
 
 
-def gateway_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    env["PYTHONPATH"] = str(ROOT / "src")
-    env["BENCH_SECRET"] = SECRET
-    env["XDG_STATE_HOME"] = str(tmp)
-    env["SENTINEL_TOKEN"] = mint_token(
-        SECRET, subject="bench", roles=["bench"], ttl_secs=3600, issuer="sentinel-gw", audience="sentinel-gw"
-    )
-    return env
+async def open_gateway(
+    tmp: Path, backends: Sequence[Backend], wrapper: Sequence[str] | None = None
+) -> RawStdio:
+    cfg = write_config(tmp, backends)
+    return await open_stdio([*gateway_argv(wrapper), "serve", "--config", str(cfg)], gateway_env(tmp))
 
 
-def pss_mib(pid: int) -> float:
+async def latency_throughput(
+    tmp: Path,
+    calls: int,
+    rounds: int,
+    concurrency: int,
+    wrapper: Sequence[str] | None = None,
+    suffix: str = "",
+) -> list[Row]:
+    """Scenarios 1 and 2: one gateway (3 echo backends, calls go to the first) and one direct
+    echo server, both kept open; each round runs the same calls on both, order alternating."""
+    direct = await open_stdio(ECHO)
+    gw = await open_gateway(tmp, echo_backends(3), wrapper)
+    res: dict[str, dict[str, list[float]]] = {"direct": {}, "gateway": {}}
     try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-async def open_client(argv: list[str], env: dict[str, str] | None = None) -> StdioClient:
-    client = StdioClient(argv, env=env)
-    await client.start()
-    await client.initialize()
-    await client.request("tools/list")
-    return client
-
-
-CALL = {"name": "echo", "arguments": {"message": "hello"}}
-
-
-async def latency(client: StdioClient, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        await client.request("tools/call", CALL)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-async def throughput(client: StdioClient, n: int, concurrency: int) -> float:
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one() -> None:
-        async with sem:
-            await client.request("tools/call", CALL)
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(n)))
-    return n / (time.perf_counter() - t0)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-async def cold_start(tmp: Path, rounds: int) -> tuple[float, float]:
-    cfg = tmp / "cold.toml"
-    cfg.write_text(config_text(3, tmp))
-    gw_times, direct_times = [], []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        direct = await open_client(ECHO)
-        direct_times.append(time.perf_counter() - t0)
-        await direct.close()
-        t0 = time.perf_counter()
-        gw = await open_client([*self_command(), "serve", "--config", str(cfg)], gateway_env(tmp))
-        gw_times.append(time.perf_counter() - t0)
-        await gw.close()
-    return statistics.median(direct_times), statistics.median(gw_times)
-
-
-async def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--markdown", help="write the result table to this file")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d:
-        tmp = Path(d)
-        cfg = tmp / "sentinel.toml"
-        cfg.write_text(config_text(3, tmp))
-        direct = await open_client(ECHO)
-        gw = await open_client([*self_command(), "serve", "--config", str(cfg)], gateway_env(tmp))
-        assert gw.proc is not None
-        await asyncio.sleep(0.5)
-        pss_idle = pss_mib(gw.proc.pid)
-        res: dict[str, dict[str, list[float]]] = {"direct": {}, "gateway": {}}
-        for _ in range(args.rounds):
-            for name, client in (("direct", direct), ("gateway", gw)):
-                lat = await latency(client, args.calls)
-                r = res[name]
-                r.setdefault("p50", []).append(pct(lat, 0.50))
-                r.setdefault("p99", []).append(pct(lat, 0.99))
-                r.setdefault("tput", []).append(await throughput(client, args.calls * 2, args.concurrency))
-        pss_after = pss_mib(gw.proc.pid)
+        await latency(direct, 200)  # warm-up (imports, first-call caches) outside the figures
+        await latency(gw, 200)
+        for r in range(rounds):
+            order = [("direct", direct), ("gateway", gw)]
+            if r % 2:
+                order.reverse()
+            for name, client in order:
+                lat = await latency(client, calls)
+                bucket = res[name]
+                bucket.setdefault("p50", []).append(pct(lat, 0.50) * 1e3)
+                bucket.setdefault("p99", []).append(pct(lat, 0.99) * 1e3)
+            for name, client in order:
+                res[name].setdefault("tput", []).append(await throughput(client, calls * 2, concurrency))
+            progress(
+                f"stdio round {r + 1}/{rounds}: p50 {res['direct']['p50'][-1]:.3f} / "
+                f"{res['gateway']['p50'][-1]:.3f} ms, calls/s {res['direct']['tput'][-1]:.0f} / "
+                f"{res['gateway']['tput'][-1]:.0f}"
+            )
+    finally:
         await direct.close()
         await gw.close()
-        cold_direct, cold_gw = await cold_start(tmp, args.rounds)
-
-    def med(name: str, key: str) -> float:
-        return statistics.median(res[name][key])
-
-    def spread(name: str, key: str) -> str:
-        vals = res[name][key]
-        return f"{min(vals):.4g}-{max(vals):.4g}"
-
-    rows = [
-        (
-            "latency p50 (ms), 1 in flight",
-            med("direct", "p50") * 1e3,
-            med("gateway", "p50") * 1e3,
-            med("gateway", "p50") / med("direct", "p50"),
+    d, g = res["direct"], res["gateway"]
+    r50, r99, rt = ratios(g["p50"], d["p50"]), ratios(g["p99"], d["p99"]), ratios(g["tput"], d["tput"])
+    return [
+        Row(
+            "1. stdio latency p50, 1 call in flight" + suffix,
+            "ms",
+            g["p50"],
+            d["p50"],
+            r50,
+            "≤ 2.5x direct",
+            median(r50) <= 2.5,
         ),
-        (
-            "latency p99 (ms), 1 in flight",
-            med("direct", "p99") * 1e3,
-            med("gateway", "p99") * 1e3,
-            med("gateway", "p99") / med("direct", "p99"),
+        Row(
+            "1. stdio latency p99, 1 call in flight" + suffix,
+            "ms",
+            g["p99"],
+            d["p99"],
+            r99,
+            "≤ 3x direct",
+            median(r99) <= 3.0,
         ),
-        (
-            f"calls/s, {args.concurrency} in flight",
-            med("direct", "tput"),
-            med("gateway", "tput"),
-            med("gateway", "tput") / med("direct", "tput"),
+        Row(
+            f"2. stdio throughput, {concurrency} calls in flight" + suffix,
+            "calls/s",
+            g["tput"],
+            d["tput"],
+            rt,
+            "≥ 0.25x direct" if concurrency == 16 else "(issue 8 sets 0.25x at 16)",
+            median(rt) >= 0.25 if concurrency == 16 else None,
         ),
-        ("first tools/list, 3 backends (ms)", cold_direct * 1e3, cold_gw * 1e3, cold_gw / cold_direct),
     ]
+
+
+async def _calls(client: RawStdio, n: int, concurrency: int) -> None:
+    await throughput(client, n, concurrency)
+
+
+async def memory_leak(
+    tmp: Path,
+    rounds: int,
+    leak_calls: int,
+    concurrency: int = 16,
+    step: int = 10_000,
+) -> tuple[list[Row], list[tuple[int, float]]]:
+    """Scenarios 3 and 4. `rounds` fresh gateways with 3 echo backends: PSS idle (after
+    initialize + tools/list and a 1 s settle), then after `step` calls; the last gateway goes on
+    to `leak_calls` calls with PSS sampled every `step` calls."""
+    idle: list[float] = []
+    after: list[float] = []
+    samples: list[tuple[int, float]] = []
+    audited = 0
+    for r in range(rounds):
+        sub = tmp / f"mem{r}"
+        sub.mkdir()
+        gw = await open_gateway(sub, echo_backends(3))
+        try:
+            await asyncio.sleep(1.0)
+            idle.append(pss_mib(gw.pid))
+            await _calls(gw, step, concurrency)
+            await asyncio.sleep(0.5)  # let the audit batch flush
+            after.append(pss_mib(gw.pid))
+            progress(
+                f"memory round {r + 1}/{rounds}: PSS idle {idle[-1]:.1f} MiB, "
+                f"after {step} calls {after[-1]:.1f}"
+            )
+            if r == rounds - 1:
+                samples.append((step, after[-1]))
+                done = step
+                while done < leak_calls:
+                    n = min(step, leak_calls - done)
+                    await _calls(gw, n, concurrency)
+                    done += n
+                    await asyncio.sleep(0.3)
+                    samples.append((done, pss_mib(gw.pid)))
+                    progress(f"leak run: {done} calls, PSS {samples[-1][1]:.1f} MiB")
+        finally:
+            await gw.close()
+        audited = audit_rows(sub)
+    rows = [
+        Row(
+            "3. gateway PSS, 3 idle backends",
+            "MiB",
+            idle,
+            direct_label="n/a (absolute)",
+            target="≤ 25 MiB",
+            passed=median(idle) <= 25 * MIB,
+        ),
+        Row(
+            f"3. gateway PSS after {step:,} calls",
+            "MiB",
+            after,
+            direct_label="n/a (absolute)",
+            target="≤ 35 MiB",
+            passed=median(after) <= 35 * MIB,
+        ),
+    ]
+    if len(samples) >= 3:
+        xs = [n / step for n, _ in samples]
+        ys = [p for _, p in samples]
+        per_step = slope(xs, ys)
+        growth = ys[-1] - ys[0]
+        rows.append(
+            Row(
+                f"4. leak: PSS growth {samples[0][0]:,} → {samples[-1][0]:,} calls "
+                f"(slope {per_step * 1024:+.0f} KiB per {step:,})",
+                "MiB",
+                [growth],
+                direct_label="n/a (absolute)",
+                target="~flat: slope ≤ 100 KiB per 10k",
+                passed=per_step * 1024 <= 100,
+            )
+        )
+    progress(f"audit rows in the last memory round's database: {audited}")
+    return rows, samples
+
+
+COLD_BACKENDS = [
+    Backend("echo", ECHO, "e"),
+    Backend("mini", MINI, "m"),
+    Backend("sdk", SDK, "s"),
+]
+
+
+async def _timed_start(argv: Sequence[str], env: dict[str, str] | None, expect: int = 0) -> tuple[float, int]:
+    """Launch to the first complete tools/list (at least `expect` tools): (seconds, tools)."""
+    t0 = time.perf_counter()
+    client = await RawStdio(argv, env).start()
+    try:
+        await client.initialize()
+        tools = await client.list_tools()
+        while len(tools) < expect:  # not complete yet: ask again (never needed so far)
+            await asyncio.sleep(0.005)
+            tools = await client.list_tools()
+        elapsed = time.perf_counter() - t0
+    finally:
+        await client.close()
+    return elapsed, len(tools)
+
+
+async def cold_start(tmp: Path, rounds: int) -> tuple[list[Row], dict[str, float]]:
+    """Scenario 5: per round, each backend alone and then the gateway with all three."""
+    cfg = write_config(tmp, COLD_BACKENDS, name="cold.toml")
+    env = gateway_env(tmp)
+    own: dict[str, list[float]] = {b.name: [] for b in COLD_BACKENDS}
+    slowest: list[float] = []
+    gateway: list[float] = []
+    expect = 0
+    for r in range(rounds):
+        counts = 0
+        for b in COLD_BACKENDS:
+            t, n = await _timed_start(b.argv, None)
+            own[b.name].append(t * 1e3)
+            counts += n
+        expect = counts
+        slowest.append(max(own[b.name][-1] for b in COLD_BACKENDS))
+        t, n = await _timed_start([*gateway_argv(), "serve", "--config", str(cfg)], env, expect)
+        gateway.append(t * 1e3)
+        progress(
+            f"cold start round {r + 1}/{rounds}: "
+            + ", ".join(f"{b.name} {own[b.name][-1]:.0f} ms" for b in COLD_BACKENDS)
+            + f"; gateway {gateway[-1]:.0f} ms ({n}/{expect} tools)"
+        )
+    extra = [g - s for g, s in zip(gateway, slowest, strict=True)]
+    rows = [
+        Row(
+            "5. cold start: launch → first complete tools/list, 3 backends (direct = slowest backend alone)",
+            "ms",
+            gateway,
+            slowest,
+            ratios(gateway, slowest),
+            "≤ slowest + 50 ms",
+            median(extra) <= 50,
+        ),
+        Row(
+            "5. cold start: gateway minus slowest backend",
+            "ms",
+            extra,
+            direct_label="",
+            target="≤ 50 ms",
+            passed=median(extra) <= 50,
+            digits=3,
+        ),
+    ]
+    return rows, {name: median(v) for name, v in own.items()}
+
+
+# -- the script's own table (kept: docs and a test use this command line) -------------------------
+
+
+def legacy_table(rows: list[Row], calls: int, rounds: int) -> str:
     lines = [
-        f"stdio, echo backend, {args.calls} calls x {args.rounds} rounds (interleaved), "
+        f"stdio, echo backend, {calls} calls x {rounds} rounds (interleaved), "
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
         "",
         "| scenario | direct | gateway | ratio (gateway/direct) |",
         "|---|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {d:.3f} | {g:.3f} | {ratio:.2f}x |" for name, d, g, ratio in rows]
+    for row in rows:
+        d = f"{median(row.direct):.3f}" if row.direct else ""
+        ratio = f"{median(row.ratios):.2f}x" if row.ratios else ""
+        lines.append(f"| {row.scenario} ({row.unit}) | {d} | {median(row.gateway):.3f} | {ratio} |")
+    lines += ["", "spread (min-max over rounds):"]
     lines += [
-        f"| gateway PSS idle, 3 backends (MiB) | | {pss_idle:.1f} | |",
-        f"| gateway PSS after {args.rounds * args.calls * 3} calls (MiB) | | {pss_after:.1f} | |",
-        "",
-        f"spread over rounds: direct p50 {spread('direct', 'p50')} s, "
-        f"gateway p50 {spread('gateway', 'p50')} s; "
-        f"cold start = the slowest backend's own start + {((cold_gw - cold_direct) * 1e3):.0f} ms",
+        f"- {row.scenario}: direct {row.cell(row.direct)}, gateway {row.cell(row.gateway)}" for row in rows
     ]
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=2000, help="calls per latency round (throughput: twice)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--leak-calls", type=int, default=0, help="also run the leak scenario (e.g. 100000)")
+    ap.add_argument("--markdown", help="write the result table to this file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rows = await latency_throughput(tmp, args.calls, args.rounds, args.concurrency)
+        mem_calls = max(args.calls * 2, 100)
+        mem_rows, _ = await memory_leak(tmp, 1, max(args.leak_calls, mem_calls), step=mem_calls)
+        rows += mem_rows
+        cold, _ = await cold_start(tmp, args.rounds)
+        rows += cold
+    text = legacy_table(rows, args.calls, args.rounds)
     print(text)
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
