@@ -63,6 +63,19 @@ async def open_gateway(
     return await open_stdio([*gateway_argv(wrapper), "serve", "--config", str(cfg)], gateway_env(tmp))
 
 
+RELAYS = Path(__file__).resolve().parent / "relays.py"
+# Issue 8's floor: a bare Python relay that copies bytes costs 1.5x direct, one that parses and
+# re-encodes every message 2.0x (echo backend over stdio, one call in flight).
+ISSUE_FLOOR = {"copy": 1.5, "reencode": 2.0}
+SIDES = ("direct", "copy", "reencode", "gateway")
+
+
+def relay_argv(mode: str, backend: Sequence[str] = ECHO) -> list[str]:
+    """bench/relays.py in `mode` (copy / reencode) in front of `backend`, plain asyncio on the
+    default event loop, standard library only."""
+    return [sys.executable, str(RELAYS), mode, "--", *backend]
+
+
 async def latency_throughput(
     tmp: Path,
     calls: int,
@@ -70,37 +83,57 @@ async def latency_throughput(
     concurrency: int,
     wrapper: Sequence[str] | None = None,
     suffix: str = "",
+    relays: bool = True,
+    relay_rows: bool = True,
+    per_round: list[dict[str, float]] | None = None,
 ) -> list[Row]:
     """Scenarios 1 and 2: one gateway (3 echo backends, calls go to the first) and one direct
-    echo server, both kept open; each round runs the same calls on both, order alternating."""
-    direct = await open_stdio(ECHO)
-    gw = await open_gateway(tmp, echo_backends(3), wrapper)
-    res: dict[str, dict[str, list[float]]] = {"direct": {}, "gateway": {}}
+    echo server, both kept open; each round runs the same calls on both, order alternating.
+
+    With `relays`, the two reference relays of bench/relays.py (copy, reencode) in front of their
+    own echo server run in the same rounds (the order of the four sides rotates each round), and
+    the rows calibrate issue 8's floor: copy/direct, reencode/direct (the issue quotes 1.5x and
+    2.0x) and gateway/reencode. `relay_rows=False` keeps only the gateway/reencode rows (the
+    relays do not depend on the gateway's accelerators). `per_round`, when given, receives one
+    dict per round: `{side}_p50` (ms) and `{side}_tput` (calls/s) for each side."""
+    sides: dict[str, RawStdio] = {}
+    res: dict[str, dict[str, list[float]]] = {}
     try:
-        await latency(direct, 200)  # warm-up (imports, first-call caches) outside the figures
-        await latency(gw, 200)
+        sides["direct"] = await open_stdio(ECHO)
+        if relays:
+            for mode in ("copy", "reencode"):
+                sides[mode] = await open_stdio(relay_argv(mode))
+        sides["gateway"] = await open_gateway(tmp, echo_backends(3), wrapper)
+        names = [n for n in SIDES if n in sides]
+        res = {n: {"p50": [], "p99": [], "tput": []} for n in names}
+        for client in sides.values():
+            await latency(client, 200)  # warm-up (imports, first-call caches) outside the figures
         for r in range(rounds):
-            order = [("direct", direct), ("gateway", gw)]
+            # rotate (and, every other round, reverse) the order so no side always goes first
+            order = names[r % len(names) :] + names[: r % len(names)]
             if r % 2:
                 order.reverse()
-            for name, client in order:
-                lat = await latency(client, calls)
-                bucket = res[name]
-                bucket.setdefault("p50", []).append(pct(lat, 0.50) * 1e3)
-                bucket.setdefault("p99", []).append(pct(lat, 0.99) * 1e3)
-            for name, client in order:
-                res[name].setdefault("tput", []).append(await throughput(client, calls * 2, concurrency))
+            for name in order:
+                lat = await latency(sides[name], calls)
+                res[name]["p50"].append(pct(lat, 0.50) * 1e3)
+                res[name]["p99"].append(pct(lat, 0.99) * 1e3)
+            for name in order:
+                res[name]["tput"].append(await throughput(sides[name], calls * 2, concurrency))
+            last = {f"{n}_{k}": res[n][k][-1] for n in names for k in ("p50", "tput")}
+            if per_round is not None:
+                per_round.append(last)
             progress(
-                f"stdio round {r + 1}/{rounds}: p50 {res['direct']['p50'][-1]:.3f} / "
-                f"{res['gateway']['p50'][-1]:.3f} ms, calls/s {res['direct']['tput'][-1]:.0f} / "
-                f"{res['gateway']['tput'][-1]:.0f}"
+                f"stdio round {r + 1}/{rounds} ({' / '.join(names)}): p50 "
+                + " / ".join(f"{last[n + '_p50'] * 1e3:.0f}" for n in names)
+                + " µs, calls/s "
+                + " / ".join(f"{last[n + '_tput']:.0f}" for n in names)
             )
     finally:
-        await direct.close()
-        await gw.close()
+        for client in sides.values():
+            await client.close()
     d, g = res["direct"], res["gateway"]
     r50, r99, rt = ratios(g["p50"], d["p50"]), ratios(g["p99"], d["p99"]), ratios(g["tput"], d["tput"])
-    return [
+    rows = [
         Row(
             "1. stdio latency p50, 1 call in flight" + suffix,
             "ms",
@@ -129,6 +162,62 @@ async def latency_throughput(
             median(rt) >= 0.25 if concurrency == 16 else None,
         ),
     ]
+    if relays:
+        rows += _relay_rows(res, concurrency, suffix, relay_rows)
+    return rows
+
+
+def _relay_rows(
+    res: dict[str, dict[str, list[float]]], concurrency: int, suffix: str, relay_rows: bool
+) -> list[Row]:
+    """Calibration rows: each relay against direct (issue 8's floor in the target column, no
+    verdict: it describes the machine and client, not the gateway), and the gateway against the
+    re-encoding relay (in the `direct` column)."""
+    d, g, rr = res["direct"], res["gateway"], res["reencode"]
+    rows: list[Row] = []
+    if relay_rows:
+        for mode, label in (("copy", "copy relay (bytes only)"), ("reencode", "re-encoding relay (json)")):
+            v = res[mode]
+            floor = ISSUE_FLOOR[mode]
+            rows += [
+                Row(
+                    f"1. floor: {label} latency p50, 1 call in flight",
+                    "ms",
+                    v["p50"],
+                    d["p50"],
+                    ratios(v["p50"], d["p50"]),
+                    f"issue 8 measured {floor:.1f}x direct",
+                ),
+                Row(
+                    f"2. floor: {label} throughput, {concurrency} calls in flight",
+                    "calls/s",
+                    v["tput"],
+                    d["tput"],
+                    ratios(v["tput"], d["tput"]),
+                    "(no figure in issue 8)",
+                ),
+            ]
+    target = f"issue 8 implies ≤ {2.5 / ISSUE_FLOOR['reencode']:.2f}x (2.5x / 2.0x)"
+    rows += [
+        Row(
+            "1. gateway vs re-encoding relay (direct column = relay), latency p50" + suffix,
+            "ms",
+            g["p50"],
+            rr["p50"],
+            ratios(g["p50"], rr["p50"]),
+            target,
+        ),
+        Row(
+            f"2. gateway vs re-encoding relay (direct column = relay), throughput, {concurrency} in flight"
+            + suffix,
+            "calls/s",
+            g["tput"],
+            rr["tput"],
+            ratios(g["tput"], rr["tput"]),
+            "",
+        ),
+    ]
+    return rows
 
 
 async def _calls(client: RawStdio, n: int, concurrency: int) -> None:

@@ -75,20 +75,40 @@ async def run(plan: Plan, groups: set[str], tmp: Path) -> tuple[list[Row], list[
     pure = " [pure stdlib]"
     if "stdio" in groups:
         progress("scenarios 1-2: stdio latency and throughput")
-        rows += await bench_stdio.latency_throughput(tmp, plan.calls, plan.rounds, plan.concurrency)
+        per_round: list[dict[str, float]] = []
+        rows += await bench_stdio.latency_throughput(
+            tmp, plan.calls, plan.rounds, plan.concurrency, per_round=per_round
+        )
+        pure_rounds: list[dict[str, float]] = []
         if plan.pure:
             with accel_mode("0"):
                 progress("scenarios 1-2 again, pure standard library")
                 sub = tmp / "pure-stdio"
                 sub.mkdir()
                 rows += await bench_stdio.latency_throughput(
-                    sub, plan.calls, plan.rounds, plan.concurrency, suffix=pure
+                    sub,
+                    plan.calls,
+                    plan.rounds,
+                    plan.concurrency,
+                    suffix=pure,
+                    relay_rows=False,
+                    per_round=pure_rounds,
                 )
         notes.append(
             f"1-2: {plan.calls:,} sequential calls per round for the latencies, then {plan.calls * 2:,} "
             f"calls with {plan.concurrency} in flight, {plan.rounds} rounds; the gateway has 3 echo "
-            "backends and the calls go to the first."
+            "backends and the calls go to the first. The *floor* rows are `bench/relays.py`, issue "
+            "8's two reference relays (plain asyncio, standard library): `copy` passes bytes both "
+            "ways, `reencode` splits lines and does `json.loads` + `json.dumps` per message; each "
+            "sits in front of its own echo server and runs in the same rounds as direct and gateway "
+            "(the order of the four sides rotates). Issue 8 quotes 1.5x and 2.0x direct for them; "
+            "their ratio here says how far this machine and this lean client are from the clients "
+            "the issue measured, and gateway / re-encoding relay is the gateway's cost above that "
+            "floor."
         )
+        notes.append("1-2 per round, " + _round_trail(per_round))
+        if pure_rounds:
+            notes.append("1-2 [pure stdlib] per round, " + _round_trail(pure_rounds))
     if "memory" in groups:
         progress("scenarios 3-4: memory and leak run")
         mem, samples = await bench_stdio.memory_leak(tmp, plan.mem_rounds, plan.leak_calls)
@@ -138,6 +158,21 @@ async def run(plan: Plan, groups: set[str], tmp: Path) -> tuple[list[Row], list[
         rows += bench_zipapp.zipapp_rows(tmp, plan.zipapp_runs)
         notes.append(f"8: `{bench_zipapp.PYTHON3}` for `python3`; one warm-up run of each first.")
     return rows, notes
+
+
+def _round_trail(per_round: list[dict[str, float]]) -> str:
+    """p50 (µs) and calls/s per round: direct / copy / reencode / gateway, and the ratios."""
+    sides = [n for n in bench_stdio.SIDES if f"{n}_p50" in (per_round[0] if per_round else {})]
+    parts = []
+    for i, r in enumerate(per_round, 1):
+        p50 = " / ".join(f"{r[n + '_p50'] * 1e3:.0f}" for n in sides)
+        tput = " / ".join(f"{r[n + '_tput'] / 1000:.1f}k" for n in sides)
+        d = r["direct_p50"]
+        ratio = ", ".join(f"{n}/direct {r[n + '_p50'] / d:.2f}x" for n in sides if n != "direct")
+        if "reencode_p50" in r:
+            ratio += f", gateway/reencode {r['gateway_p50'] / r['reencode_p50']:.2f}x"
+        parts.append(f"round {i}: p50 {p50} µs ({ratio}); calls/s {tput}")
+    return f"{' / '.join(sides)}: " + "; ".join(parts) + "."
 
 
 def render(rows: list[Row], notes: list[str], quick: bool, started: float, elapsed: float, accel: str) -> str:
