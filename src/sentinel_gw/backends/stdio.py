@@ -74,13 +74,31 @@ def child_environment(
     return env
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the kernel kills the child when the gateway dies, even by SIGKILL.
+_prctl: list[Any] = []  # [libc.prctl] once resolved in the gateway process, [None] if unavailable
+
+
+def _resolve_prctl() -> None:
+    """Load libc's prctl in the gateway, once: a child importing ctypes between fork and exec
+    costs milliseconds per spawn, during which the event loop waits for the exec."""
+    if _prctl:
+        return
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
+    except Exception:
+        _prctl.append(None)
+
+
+def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Linux: the kernel kills the child when the gateway dies, even by SIGKILL.
+    try:
+        prctl = _prctl[0] if _prctl else None
+        if prctl is None:
+            import ctypes
+
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: S110 - best effort; nothing can be logged between fork and exec
         pass
 
@@ -492,6 +510,9 @@ class StdioBackend:
             raise SpawnError(f"backend '{self.name}': cwd does not exist: {cwd}")
         self.state = BackendState.STARTING if self.restarts == 0 else BackendState.RESTARTING
         loop = asyncio.get_running_loop()
+        linux = sys.platform.startswith("linux")
+        if linux:
+            _resolve_prctl()
         try:
             # asyncio.create_subprocess_exec, with stdout parsed in the pipe's read callback.
             transport, protocol = await loop.subprocess_exec(
@@ -504,7 +525,7 @@ class StdioBackend:
                 env=env,
                 cwd=cwd,
                 start_new_session=True,  # own process group: we can signal the whole tree
-                preexec_fn=_pdeathsig if sys.platform.startswith("linux") else None,
+                preexec_fn=_pdeathsig if linux else None,
             )
         except OSError as exc:
             raise SpawnError(
