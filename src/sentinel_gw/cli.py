@@ -293,8 +293,8 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
     try:
         # Events emitted before the sinks are open are held, so opening never delays serving.
         await asyncio.gather(gateway.start(), audit.open() if audit else asyncio.sleep(0))
-        # Not now: a full collection takes milliseconds that the first tools/list would wait for.
-        asyncio.get_running_loop().call_later(1.0, _tune_gc)
+        # Here, while the backends start: a full collection later would stall calls in flight.
+        _tune_gc()
         if admin is not None:
             await admin.start()  # False (logged) when the port is taken: MCP service goes on
         if http is not None:
