@@ -186,6 +186,20 @@ def pss_mib(pid: int) -> float:
     return math.nan
 
 
+def pss_anon_mib(pid: int) -> float:
+    """The anonymous part of the PSS (heap, Python's arenas, malloc, SQLite's caches), MiB: what a
+    leak adds. The file-backed part (code of python and its libraries) is shared with every other
+    process mapping the same files, so it moves by MiB when other processes start or exit."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss_Anon:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
 def token(subject: str, roles: Sequence[str] = (ROLE,)) -> str:
     return mint_token(
         SECRET,

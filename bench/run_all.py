@@ -113,10 +113,13 @@ async def run(plan: Plan, groups: set[str], tmp: Path) -> tuple[list[Row], list[
         progress("scenarios 3-4: memory and leak run")
         mem, samples = await bench_stdio.memory_leak(tmp, plan.mem_rounds, plan.leak_calls)
         rows += mem
-        trail = ", ".join(f"{n // 1000}k: {p:.1f}" for n, p in samples)
+        trail = ", ".join(f"{n // 1000}k: {p:.1f} / {a:.1f}" for n, p, a in samples)
         notes.append(
             f"3-4: {plan.mem_rounds} fresh gateway(s) with 3 echo backends, 10,000 calls each (16 in "
-            f"flight); the last one goes on to {plan.leak_calls:,} calls. PSS (MiB) by calls: {trail}."
+            f"flight); the last one goes on to {plan.leak_calls:,} calls. PSS / its anonymous part "
+            f"(`Pss_Anon`) in MiB by calls: {trail}. The leak row uses the anonymous part: the "
+            "file-backed rest is code shared with other processes and moves by MiB when they start "
+            "or exit (`bench/leak_probe.py` takes the growth apart)."
         )
     if "cold" in groups:
         progress("scenario 5: cold start")
