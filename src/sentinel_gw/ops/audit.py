@@ -649,15 +649,16 @@ class SqliteSink:
         conn = self._conn
         if conn is None:
             raise AuditError(f"{self.path}: audit database is not open")
-        rows = [_to_row(ev) for ev in events]
         conn.execute("BEGIN IMMEDIATE")
         try:
             # Multi-row INSERTs rather than executemany: executemany releases and re-takes the
             # GIL around every row, and each re-take can stall the event loop for a switch
-            # interval; this takes it a few times per batch.
-            for i in range(0, len(rows), _ROWS_PER_INSERT):
-                chunk = rows[i : i + _ROWS_PER_INSERT]
-                conn.execute(_insert_rows(len(chunk)), [value for row in chunk for value in row])
+            # interval. Rows are built per statement, not for the whole batch up front, so this
+            # thread never holds the GIL for long: SQLite releases it between statements.
+            for i in range(0, len(events), _ROWS_PER_INSERT):
+                chunk = events[i : i + _ROWS_PER_INSERT]
+                values = [value for ev in chunk for value in _to_row(ev)]
+                conn.execute(_insert_rows(len(chunk)), values)
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
