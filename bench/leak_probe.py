@@ -24,6 +24,10 @@ between consecutive snapshots, which names any Python-level growth by file:line.
 slows the gateway 2-3x and adds its own memory (subtracted in the report); the PSS figures of a
 tracemalloc run are therefore not the bench's.
 
+--sqlite-pow2 runs the gateway with the proposed fix of the SQLite sink patched in (multi-row
+INSERTs only in chunk sizes 47, 32, 16, ..., 1, so at most 7 prepared statements are cached).
+`leak_probe.py sqlite-batches [BATCHES] [MAX_BATCH]` measures the same on the sink alone.
+
 --gc default replaces cli._tune_gc (gc.freeze + gc.set_threshold(50_000, 20, 20)) by a no-op, to
 see whether the raised thresholds are what grows. Output goes to --out (a folder, kept) as
 JSON lines (samples.jsonl) plus the printed report.
@@ -160,10 +164,33 @@ def _inside_stats() -> dict[str, Any]:
     return stats
 
 
+_BACKLOG = {"peak": 0, "interval_peak": 0}  # audit events queued in memory (AuditLog channels)
+
+
+def _track_audit_backlog() -> None:
+    """Wraps AuditLog._push to record the longest in-memory audit queue: a backlog allocates
+    events (and their strings and dicts) in bulk, which can leave pymalloc arenas that stay."""
+    from sentinel_gw.ops import audit
+
+    push = audit.AuditLog._push
+
+    def _push(self: Any, ch: Any, item: Any) -> None:
+        push(self, ch, item)
+        n = len(ch.mem)
+        if n > _BACKLOG["interval_peak"]:
+            _BACKLOG["interval_peak"] = n
+            _BACKLOG["peak"] = max(_BACKLOG["peak"], n)
+
+    audit.AuditLog._push = _push  # type: ignore[method-assign]
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     out = Path(os.environ["BENCH_LEAK_OUT"])
     tag = (out / "request").read_text().strip()
     stats = _inside_stats()
+    stats["audit_backlog_peak"] = _BACKLOG["peak"]
+    stats["audit_backlog_interval_peak"] = _BACKLOG["interval_peak"]
+    _BACKLOG["interval_peak"] = 0
     if tracemalloc.is_tracing() and tag.startswith("snap") and not tag.endswith("+gc"):
         tracemalloc.take_snapshot().dump(str(out / f"{tag}.tracemalloc"))
     if tag.endswith("+gc"):
@@ -185,6 +212,11 @@ def wrap(argv: list[str]) -> int:
 
     if os.environ.get("BENCH_GC") == "default":
         cli._tune_gc = lambda: None  # type: ignore[attr-defined]
+    if os.environ.get("BENCH_SQLITE_POW2"):
+        from sentinel_gw.ops import audit
+
+        audit.SqliteSink._write_sync = pow2_write  # type: ignore[method-assign]
+    _track_audit_backlog()
     signal.signal(signal.SIGUSR1, _on_signal)
     return int(cli.main(argv) or 0)
 
@@ -275,6 +307,8 @@ async def probe(args: argparse.Namespace, sink: str, out: Path) -> list[dict[str
         env["BENCH_TRACEMALLOC"] = str(args.frames)
     if args.gc == "default":
         env["BENCH_GC"] = "default"
+    if args.sqlite_pow2:
+        env["BENCH_SQLITE_POW2"] = "1"
     if args.accel is not None:
         env["SENTINEL_GW_ACCEL"] = args.accel
     snaps = {int(x) for x in args.snap_at.split(",") if x}
@@ -327,6 +361,8 @@ def brief(s: dict[str, Any]) -> str:
         f"mmapped {mi.get('mmapped', 0) / 2**20:.2f} MiB, "
         f"sqlite {s.get('sqlite_memory_used', 0) / 2**20:.2f} MiB"
     )
+    peak, run_peak = s.get("audit_backlog_interval_peak", 0), s.get("audit_backlog_peak", 0)
+    text += f", audit backlog peak {peak} (run {run_peak})"
     if "tracemalloc_traced" in s:
         text += f", traced {s['tracemalloc_traced'] / 2**20:.2f} MiB"
     return text
@@ -358,7 +394,7 @@ def tracemalloc_report(out: Path, top: int) -> str:
                 if stat.size_diff <= 0:
                     continue
                 lines.append(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks")
-                for fr in stat.traceback[:6]:
+                for fr in stat.traceback[-6:]:  # oldest first: the allocation site last
                     lines.append(f"      {short(fr.filename)}:{fr.lineno}")
         prev = (f.stem, snap)
     return "\n".join(lines)
@@ -375,16 +411,17 @@ def short(path: str) -> str:
 def table(samples: list[dict[str, Any]]) -> str:
     head = (
         "| sink | calls | PSS | USS | heap | anon | file | objects | blocks | pymalloc arenas "
-        "| malloc in use | malloc free | sqlite heap |"
+        "| malloc in use | malloc free | sqlite heap | audit backlog peak |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for s in samples:
         p, pm, mi = s["pss"], s.get("pymalloc", {}), s.get("malloc", {})
         lines.append(
             f"| {s['sink']} | {s['calls']:,} | {p['total']:.2f} | {p['uss']:.2f} | {p['heap']:.2f} "
             f"| {p['anon']:.2f} | {p['file']:.2f} | {s['gc_objects']:,} | {s['allocated_blocks']:,} "
             f"| {pm.get('arenas allocated current', 0)} | {mi.get('in_use', 0) / 2**20:.2f} "
-            f"| {mi.get('free', 0) / 2**20:.2f} | {s.get('sqlite_memory_used', 0) / 2**20:.2f} |"
+            f"| {mi.get('free', 0) / 2**20:.2f} | {s.get('sqlite_memory_used', 0) / 2**20:.2f} "
+            f"| {s.get('audit_backlog_interval_peak', 0)} |"
         )
     return "\n".join(lines)
 
@@ -415,34 +452,41 @@ def _chunk_sizes_pow2(n: int, most: int) -> list[int]:
     return sizes
 
 
+def pow2_write(self: Any, events: list[Any]) -> None:
+    """SqliteSink._write_sync (as of commit e611857: rows built per statement) with the proposed
+    fix: statements of _chunk_sizes_pow2 sizes only."""
+    import sqlite3
+
+    from sentinel_gw.ops import audit
+
+    conn = self._conn
+    if conn is None:
+        raise audit.AuditError(f"{self.path}: audit database is not open")
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        i = 0
+        for n in _chunk_sizes_pow2(len(events), audit._ROWS_PER_INSERT):
+            chunk = events[i : i + n]
+            i += n
+            conn.execute(audit._insert_rows(n), [value for ev in chunk for value in audit._to_row(ev)])
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+
+
 def sqlite_batches(batches: int, seed: int, max_batch: int) -> None:
     """Writes `batches` batches of random sizes (1..max_batch, as the audit pipeline's batches
     vary with load) through SqliteSink._write_sync, as it is and with chunks in powers of two,
     and prints SQLite's heap (sqlite3_memory_used) and the write time per row as it goes."""
     import random
-    import sqlite3
 
     sys.path.insert(0, str(ROOT / "src"))
     from sentinel_gw.ops import audit
 
     lib = _libsqlite()
     cols = len(audit._COLUMNS)
-
-    def pow2_write(self: Any, events: list[Any]) -> None:  # mirrors SqliteSink._write_sync
-        conn = self._conn
-        rows = [audit._to_row(ev) for ev in events]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            i = 0
-            for n in _chunk_sizes_pow2(len(rows), audit._ROWS_PER_INSERT):
-                chunk = rows[i : i + n]
-                i += n
-                conn.execute(audit._insert_rows(n), [value for row in chunk for value in row])
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
 
     print(f"audit columns {cols}, rows per INSERT {audit._ROWS_PER_INSERT}, batches 1..{max_batch}")
     for variant in ("as is", "powers of two"):
@@ -529,6 +573,11 @@ def main() -> None:
     ap.add_argument("--gc", choices=("tuned", "default"), default="tuned")
     ap.add_argument("--accel", choices=("0", "1"), default=None, help="SENTINEL_GW_ACCEL for the gateway")
     ap.add_argument("--tracemalloc", action="store_true")
+    ap.add_argument(
+        "--sqlite-pow2",
+        action="store_true",
+        help="patch SqliteSink._write_sync in the gateway with the proposed fix (chunks in powers of two)",
+    )
     ap.add_argument("--frames", type=int, default=6, help="tracemalloc traceback depth")
     ap.add_argument("--snap-at", default="10000,50000,100000,200000,300000")
     ap.add_argument("--top", type=int, default=15)
