@@ -90,7 +90,9 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
 
 
 def gateway_env(tmp_path: Path, token: str | None = None, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    # SENTINEL_GW_ACCEL passes through so the suite can run on the pure path (tox -e pure).
+    passed = ("PATH", "HOME", "LANG", "PYTHONPATH", "SENTINEL_GW_ACCEL")
+    env = {k: v for k, v in os.environ.items() if k in passed}
     env["SENTINEL_JWT_SECRET"] = SECRET
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
     if token is not None:

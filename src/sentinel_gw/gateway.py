@@ -14,11 +14,10 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel_gw import __version__, observe
 from sentinel_gw.backends.base import BackendError, BackendState
-from sentinel_gw.backends.http import HttpBackend
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import BackendConfig, Config
@@ -53,7 +52,10 @@ from sentinel_gw.session import Session
 
 log = logging.getLogger("sentinel_gw.gateway")
 
-AnyBackend = StdioBackend | HttpBackend
+if TYPE_CHECKING:  # the HTTP client stack (ssl, httpwire) is imported only when configured
+    from sentinel_gw.backends.http import HttpBackend
+
+    AnyBackend = StdioBackend | HttpBackend
 
 MAX_UPSTREAM_PAGES = 1000
 MAX_UPSTREAM_ITEMS = 100_000
@@ -149,7 +151,11 @@ class Gateway:
         await asyncio.gather(*(b.start() for b in self.backends.values()))
 
     def _add_backend(self, cfg: BackendConfig) -> AnyBackend:
-        kind = HttpBackend if cfg.type == "http" else StdioBackend
+        kind: type[AnyBackend] = StdioBackend
+        if cfg.type == "http":
+            from sentinel_gw.backends.http import HttpBackend
+
+            kind = HttpBackend
         backend = kind(
             cfg,
             self,
