@@ -798,3 +798,13 @@ async def test_two_logs_in_one_process_spool_separately(tmp_path: Path) -> None:
     assert len(list((spool / "db").iterdir())) == 2
     assert sorted(e.request_id for e in spooled_events(spool, "db")) == sorted(str(i) for i in range(60))
     assert log_a.stats()["dropped"] == log_b.stats()["dropped"] == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 46, 47, 48, 200, 1000, 1234])
+def test_sqlite_insert_chunks_cover_every_row_with_few_statement_shapes(n: int) -> None:
+    from sentinel_gw.ops.audit import _ROWS_PER_INSERT, _chunk_sizes
+
+    sizes = _chunk_sizes(n)
+    assert sum(sizes) == n and all(0 < s <= _ROWS_PER_INSERT for s in sizes)
+    shapes = {s for m in range(1, 500) for s in _chunk_sizes(m)}
+    assert len(shapes) <= 7  # SQLite caches one prepared statement per shape
