@@ -23,15 +23,14 @@ from sentinel_gw.observe import current_client_caps
 from sentinel_gw.protocol import jsonrpc
 from sentinel_gw.protocol.framing import LineSplitter, TooLong
 from sentinel_gw.protocol.mcp import (
-    CLIENT_CAPABILITIES_KEY,
-    CLIENT_INFO_KEY,
     HANDSHAKE_VERSIONS,
     LATEST_HANDSHAKE,
     MODERN_VERSIONS,
-    PROTOCOL_VERSION_KEY,
     REMOVED_IN_MODERN,
-    SERVER_INFO_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
+    modern_meta,
+    parse_discover,
+    with_modern_meta,
 )
 from sentinel_gw.resilience import CircuitBreaker, HealthState, HealthTracker
 
@@ -576,7 +575,7 @@ class StdioBackend:
         version = MODERN_VERSIONS[0]
         try:
             result = await self._call_unready(
-                "server/discover", {"_meta": self._meta(version, caps)}, timeout
+                "server/discover", {"_meta": modern_meta(version, caps)}, timeout
             )
         except jsonrpc.JsonRpcError as exc:
             data = exc.data if isinstance(exc.data, dict) else {}
@@ -584,7 +583,7 @@ class StdioBackend:
             if exc.code == UNSUPPORTED_PROTOCOL_VERSION and offered:
                 version = offered[0]
                 result = await self._call_unready(
-                    "server/discover", {"_meta": self._meta(version, caps)}, timeout
+                    "server/discover", {"_meta": modern_meta(version, caps)}, timeout
                 )
             elif self.cfg.era == "modern":
                 raise
@@ -600,36 +599,17 @@ class StdioBackend:
             if self.cfg.era == "modern":
                 raise RuntimeError(f"backend does not support protocol {version}")
             return False
-        caps_out = result.get("capabilities")
-        self.capabilities = caps_out if isinstance(caps_out, dict) else {}
-        meta = result.get("_meta")
-        info = meta.get(SERVER_INFO_KEY) if isinstance(meta, dict) else None
-        self.server_info = info if isinstance(info, dict) else {}
-        instructions = result.get("instructions")
-        self.instructions = instructions if isinstance(instructions, str) else ""
+        self.capabilities, self.server_info, self.instructions = parse_discover(result)
         self.protocol_version = version
         self.modern = True
         return True
 
-    def _meta(self, version: str, caps: dict[str, Any]) -> dict[str, Any]:
-        return {
-            PROTOCOL_VERSION_KEY: version,
-            CLIENT_CAPABILITIES_KEY: caps,
-            CLIENT_INFO_KEY: {"name": "sentinel-gw", "version": __version__},
-        }
-
     def _modern_params(self, params: dict[str, Any] | None) -> dict[str, Any]:
-        """Every 2026-07-28 request carries the version and our capabilities in _meta."""
-        params = dict(params or {})
-        meta = params.get("_meta")
+        """Every 2026-07-28 request carries the version and capabilities in _meta: the caller's own
+        (routable) ones when a client request is being served, otherwise (lists, health) what the
+        gateway declared for itself."""
         caps = current_client_caps.get()
-        params["_meta"] = {
-            **(meta if isinstance(meta, dict) else {}),
-            # The caller's own (routable) capabilities when a client request is being served;
-            # otherwise (lists, health) what the gateway declared for itself.
-            **self._meta(self.protocol_version, self._upstream_caps if caps is None else caps),
-        }
-        return params
+        return with_modern_meta(params, self.protocol_version, self._upstream_caps if caps is None else caps)
 
     async def _listen_upstream(self) -> None:
         """A modern backend sends list changes only on a listen stream: keep one open."""
