@@ -402,10 +402,7 @@ class Gateway:
             "supportedVersions": list(SUPPORTED_VERSIONS),
             "capabilities": self.capabilities(),
         }
-        instructions = merge_instructions(
-            self.config.gateway.instructions,
-            ((b.name, b.instructions) for b in self.backends.values() if b.ready),
-        )
+        instructions = self._instructions()
         if instructions:
             result["instructions"] = instructions
         return result
@@ -550,13 +547,17 @@ class Gateway:
             "capabilities": self.capabilities(),
             "serverInfo": SERVER_INFO,
         }
-        instructions = merge_instructions(
-            self.config.gateway.instructions,
-            ((b.name, b.instructions) for b in self.backends.values() if b.ready),
-        )
+        instructions = self._instructions()
         if instructions:
             result["instructions"] = instructions
         return result
+
+    def _instructions(self) -> str:
+        """The gateway's own instructions, then each ready backend's under its name."""
+        return merge_instructions(
+            self.config.gateway.instructions,
+            ((b.name, b.instructions) for b in self.backends.values() if b.ready),
+        )
 
     def capabilities(self) -> dict[str, Any]:
         """What the backends offer, as far as known now; a starting backend may offer any family,
