@@ -471,6 +471,40 @@ class _Worker:
                 loop.call_soon_threadsafe(_settle, fut, ok, value)
 
 
+class ThreadedSink:
+    """A sink whose blocking I/O runs in order on a thread of its own (`_Worker`): subclasses set
+    `self._worker` and give the `*_sync` methods; the async face is the same for all of them."""
+
+    _worker: _Worker
+
+    def _open_sync(self) -> None:
+        raise NotImplementedError
+
+    def _write_sync(self, events: list[AuditEvent]) -> None:
+        raise NotImplementedError
+
+    def _last_hash_sync(self) -> str | None:
+        raise NotImplementedError
+
+    def _close_sync(self) -> None:
+        raise NotImplementedError
+
+    async def open(self) -> None:
+        await self._worker.run(self._open_sync)
+
+    async def write_batch(self, events: list[AuditEvent]) -> None:
+        await self._worker.run(lambda: self._write_sync(events))
+
+    async def last_hash(self) -> str | None:
+        return await self._worker.run(self._last_hash_sync)
+
+    async def close(self) -> None:
+        try:
+            await self._worker.run(self._close_sync)
+        finally:
+            self._worker.stop()
+
+
 def _dumps_line(ev: AuditEvent) -> str:
     return _LINE(ev.to_dict())
 
@@ -602,7 +636,7 @@ def _from_row(row: Sequence[Any]) -> AuditEvent:
     return AuditEvent.from_dict(data)
 
 
-class SqliteSink:
+class SqliteSink(ThreadedSink):
     """The embedded default: one SQLite file in WAL mode, written from a dedicated thread that
     owns the only write connection. Several gateway processes may share the file."""
 
@@ -691,21 +725,6 @@ class SqliteSink:
             self._conn.close()
             self._conn = None
 
-    async def open(self) -> None:
-        await self._worker.run(self._open_sync)
-
-    async def write_batch(self, events: list[AuditEvent]) -> None:
-        await self._worker.run(lambda: self._write_sync(events))
-
-    async def last_hash(self) -> str | None:
-        return await self._worker.run(self._last_hash_sync)
-
-    async def close(self) -> None:
-        try:
-            await self._worker.run(self._close_sync)
-        finally:
-            self._worker.stop()
-
     # -- reading (CLI, caller's thread, own connection) --
 
     def _reader(self) -> sqlite3.Connection:
@@ -772,7 +791,7 @@ class SqliteSink:
 # JSONL ---------------------------------------------------------------------------------------
 
 
-class JsonlSink:
+class JsonlSink(ThreadedSink):
     """One JSON object per line, appended to a file (mode 0600) or written to stderr (`-`).
 
     A failed batch is cut off again (ftruncate to where it started), so a retry does not repeat
@@ -872,21 +891,6 @@ class JsonlSink:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    async def open(self) -> None:
-        await self._worker.run(self._open_sync)
-
-    async def write_batch(self, events: list[AuditEvent]) -> None:
-        await self._worker.run(lambda: self._write_sync(events))
-
-    async def last_hash(self) -> str | None:
-        return await self._worker.run(self._last_hash_sync)
-
-    async def close(self) -> None:
-        try:
-            await self._worker.run(self._close_sync)
-        finally:
-            self._worker.stop()
 
     def iter_all(self) -> Iterator[AuditEvent]:
         if self.to_stderr or self.path is None:

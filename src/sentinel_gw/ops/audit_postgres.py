@@ -47,7 +47,15 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
-from sentinel_gw.ops.audit import _COLUMNS, AuditError, AuditEvent, AuditFormatError, _rfc3339, _Worker
+from sentinel_gw.ops.audit import (
+    _COLUMNS,
+    AuditError,
+    AuditEvent,
+    AuditFormatError,
+    ThreadedSink,
+    _rfc3339,
+    _Worker,
+)
 
 if TYPE_CHECKING:
     from sentinel_gw.config_schema import Config
@@ -357,7 +365,7 @@ def _glob_regex(pattern: str) -> str:
 # The sink
 
 
-class PostgresSink:
+class PostgresSink(ThreadedSink):
     """Audit events in a PostgreSQL table. See the module docstring."""
 
     def __init__(self, url: str, *, name: str = "postgres") -> None:
@@ -488,20 +496,8 @@ class PostgresSink:
             raise failure
         return None if row is None else str(row[0])
 
-    async def open(self) -> None:
-        await self._worker.run(self._open_sync)
-
-    async def write_batch(self, events: list[AuditEvent]) -> None:
-        await self._worker.run(lambda: self._write_sync(events))
-
-    async def last_hash(self) -> str | None:
-        return await self._worker.run(self._last_hash_sync)
-
-    async def close(self) -> None:
-        try:
-            await self._worker.run(self._discard)
-        finally:
-            self._worker.stop()
+    def _close_sync(self) -> None:
+        self._discard()
 
     # -- reading (CLI, caller's thread, own connection) --
 
