@@ -24,9 +24,8 @@ between consecutive snapshots, which names any Python-level growth by file:line.
 slows the gateway 2-3x and adds its own memory (subtracted in the report); the PSS figures of a
 tracemalloc run are therefore not the bench's.
 
---sqlite-pow2 runs the gateway with the proposed fix of the SQLite sink patched in (multi-row
-INSERTs only in chunk sizes 47, 32, 16, ..., 1, so at most 7 prepared statements are cached).
-`leak_probe.py sqlite-batches [BATCHES] [MAX_BATCH]` measures the same on the sink alone.
+`leak_probe.py sqlite-batches [BATCHES] [MAX_BATCH]` measures SQLite's heap against batch sizes
+on the sink alone (its prepared-statement cache was the growth fixed in commit 550ffd2).
 
 --gc default replaces cli._tune_gc (gc.freeze + gc.set_threshold(50_000, 20, 20)) by a no-op, to
 see whether the raised thresholds are what grows. Output goes to --out (a folder, kept) as
@@ -212,10 +211,6 @@ def wrap(argv: list[str]) -> int:
 
     if os.environ.get("BENCH_GC") == "default":
         cli._tune_gc = lambda: None  # type: ignore[attr-defined]
-    if os.environ.get("BENCH_SQLITE_POW2"):
-        from sentinel_gw.ops import audit
-
-        audit.SqliteSink._write_sync = pow2_write  # type: ignore[method-assign]
     _track_audit_backlog()
     signal.signal(signal.SIGUSR1, _on_signal)
     return int(cli.main(argv) or 0)
@@ -307,8 +302,6 @@ async def probe(args: argparse.Namespace, sink: str, out: Path) -> list[dict[str
         env["BENCH_TRACEMALLOC"] = str(args.frames)
     if args.gc == "default":
         env["BENCH_GC"] = "default"
-    if args.sqlite_pow2:
-        env["BENCH_SQLITE_POW2"] = "1"
     if args.accel is not None:
         env["SENTINEL_GW_ACCEL"] = args.accel
     snaps = {int(x) for x in args.snap_at.split(",") if x}
@@ -438,44 +431,6 @@ def type_growth(samples: list[dict[str, Any]], first: int, top: int = 10) -> str
 # -- the SQLite sink alone: statement cache against batch sizes -----------------------------------
 
 
-def _chunk_sizes_pow2(n: int, most: int) -> list[int]:
-    """The proposed fix: full chunks of `most` rows, then the remainder in powers of two, so at
-    most 1 + log2(most) distinct statements are ever prepared (47 -> 47, 32, 16, 8, 4, 2, 1)."""
-    sizes = [most] * (n // most)
-    rest = n % most
-    bit = 1 << (most.bit_length() - 1)
-    while rest:
-        if rest & bit:
-            sizes.append(bit)
-            rest -= bit
-        bit >>= 1
-    return sizes
-
-
-def pow2_write(self: Any, events: list[Any]) -> None:
-    """SqliteSink._write_sync (as of commit e611857: rows built per statement) with the proposed
-    fix: statements of _chunk_sizes_pow2 sizes only."""
-    import sqlite3
-
-    from sentinel_gw.ops import audit
-
-    conn = self._conn
-    if conn is None:
-        raise audit.AuditError(f"{self.path}: audit database is not open")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        i = 0
-        for n in _chunk_sizes_pow2(len(events), audit._ROWS_PER_INSERT):
-            chunk = events[i : i + n]
-            i += n
-            conn.execute(audit._insert_rows(n), [value for ev in chunk for value in audit._to_row(ev)])
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
 def sqlite_batches(batches: int, seed: int, max_batch: int) -> None:
     """Writes `batches` batches of random sizes (1..max_batch, as the audit pipeline's batches
     vary with load) through SqliteSink._write_sync, as it is and with chunks in powers of two,
@@ -489,51 +444,49 @@ def sqlite_batches(batches: int, seed: int, max_batch: int) -> None:
     cols = len(audit._COLUMNS)
 
     print(f"audit columns {cols}, rows per INSERT {audit._ROWS_PER_INSERT}, batches 1..{max_batch}")
-    for variant in ("as is", "powers of two"):
-        rng = random.Random(seed)
-        with tempfile.TemporaryDirectory() as d:
-            sink = audit.SqliteSink(Path(d) / "audit.db")
-            if variant != "as is":
-                sink._write_sync = pow2_write.__get__(sink)  # type: ignore[method-assign]
-            sink._open_sync()
-            assert sink._conn is not None
-            cache = sink._conn.execute("PRAGMA cache_size").fetchone()[0]
-            base = lib.sqlite3_memory_used()
-            rows = 0
-            spent = 0.0
-            trail = []
-            seq = 0
-            for b in range(1, batches + 1):
-                n = rng.randint(1, max_batch)
-                events = []
-                for _ in range(n):
-                    seq += 1
-                    events.append(
-                        audit.AuditEvent(
-                            method="tools/call",
-                            status="ok",
-                            id=f"{seq:032x}",
-                            time="2026-01-01T00:00:00.000Z",
-                            subject="bench",
-                            roles=["bench"],
-                            tool="echo",
-                            args={"message": "hello"},
-                            hash=f"{seq:064x}",
-                        )
+    variant = "as shipped"
+    rng = random.Random(seed)
+    with tempfile.TemporaryDirectory() as d:
+        sink = audit.SqliteSink(Path(d) / "audit.db")
+        sink._open_sync()
+        assert sink._conn is not None
+        cache = sink._conn.execute("PRAGMA cache_size").fetchone()[0]
+        base = lib.sqlite3_memory_used()
+        rows = 0
+        spent = 0.0
+        trail = []
+        seq = 0
+        for b in range(1, batches + 1):
+            n = rng.randint(1, max_batch)
+            events = []
+            for _ in range(n):
+                seq += 1
+                events.append(
+                    audit.AuditEvent(
+                        method="tools/call",
+                        status="ok",
+                        id=f"{seq:032x}",
+                        time="2026-01-01T00:00:00.000Z",
+                        subject="bench",
+                        roles=["bench"],
+                        tool="echo",
+                        args={"message": "hello"},
+                        hash=f"{seq:064x}",
                     )
-                t0 = time.perf_counter()
-                sink._write_sync(events)
-                spent += time.perf_counter() - t0
-                rows += n
-                if b % max(1, batches // 10) == 0:
-                    trail.append(f"{b}: {(lib.sqlite3_memory_used() - base) / 2**20:.2f}")
-            print(
-                f"{variant:>13} (cache_size {cache}): SQLite heap growth by batches (MiB) "
-                + ", ".join(trail)
-                + f"; {spent / rows * 1e6:.1f} µs per row written"
-            )
-            sink._close_sync()
-            gc.collect()
+                )
+            t0 = time.perf_counter()
+            sink._write_sync(events)
+            spent += time.perf_counter() - t0
+            rows += n
+            if b % max(1, batches // 10) == 0:
+                trail.append(f"{b}: {(lib.sqlite3_memory_used() - base) / 2**20:.2f}")
+        print(
+            f"{variant:>13} (cache_size {cache}): SQLite heap growth by batches (MiB) "
+            + ", ".join(trail)
+            + f"; {spent / rows * 1e6:.1f} µs per row written"
+        )
+        sink._close_sync()
+        gc.collect()
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -573,11 +526,6 @@ def main() -> None:
     ap.add_argument("--gc", choices=("tuned", "default"), default="tuned")
     ap.add_argument("--accel", choices=("0", "1"), default=None, help="SENTINEL_GW_ACCEL for the gateway")
     ap.add_argument("--tracemalloc", action="store_true")
-    ap.add_argument(
-        "--sqlite-pow2",
-        action="store_true",
-        help="patch SqliteSink._write_sync in the gateway with the proposed fix (chunks in powers of two)",
-    )
     ap.add_argument("--frames", type=int, default=6, help="tracemalloc traceback depth")
     ap.add_argument("--snap-at", default="10000,50000,100000,200000,300000")
     ap.add_argument("--top", type=int, default=15)
