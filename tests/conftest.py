@@ -17,6 +17,7 @@ from sentinel_gw.stdio_client import StdioClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SERVER = str(ROOT / "tests" / "servers" / "mcp_server.py")
+SDK_SERVER = str(ROOT / "tests" / "servers" / "sdk_server.py")
 ECHO_SERVER = str(ROOT / "tests" / "servers" / "echo_server.py")
 SECRET = "test-secret-" + "x" * 40
 GATEWAY = [sys.executable, "-m", "sentinel_gw"]
@@ -43,6 +44,20 @@ def backend(name: str, *flags: str, **keys: Any) -> dict[str, Any]:
         "type": "stdio",
         "command": sys.executable,
         "args": [TEST_SERVER, "--name", name, *flags],
+        "inherit_env": ["PYTHONPATH"],
+    }
+    entry.update(keys)
+    return entry
+
+
+def sdk_backend(era: str = "modern", **keys: Any) -> dict[str, Any]:
+    """A [[backends]] entry running tests/servers/sdk_server.py (the official SDK's server)."""
+    entry: dict[str, Any] = {
+        "name": "sdk",
+        "type": "stdio",
+        "command": sys.executable,
+        "args": [SDK_SERVER],
+        "era": era,
         "inherit_env": ["PYTHONPATH"],
     }
     entry.update(keys)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from tests.conftest import backend
+from tests.conftest import backend, sdk_backend
 from tests.integration.test_sdk_interop import params
 
 
@@ -82,21 +80,10 @@ async def test_raw_modern_requests(make_config, open_gateway):
     assert init["protocolVersion"] == "2025-11-25"
 
 
-SDK_SERVER = str(Path(__file__).resolve().parent.parent / "servers" / "sdk_server.py")
-
-
 @pytest.mark.parametrize("era", ["modern", "auto"])
 async def test_modern_backend_behind_a_handshake_client(make_config, open_gateway, era):
     """A handshake-era client in front of a 2026-07-28 backend (the official SDK's server)."""
-    sdk = {
-        "name": "sdk",
-        "type": "stdio",
-        "command": sys.executable,
-        "args": [SDK_SERVER],
-        "era": era,
-        "prefix": "sdk",
-        "inherit_env": ["PYTHONPATH"],
-    }
+    sdk = sdk_backend(era, prefix="sdk")
     cfg = make_config([backend("a", era="auto"), sdk])
     gw = await open_gateway(cfg)
     names = [t["name"] for t in (await gw.request("tools/list", timeout=30))["tools"]]
@@ -116,14 +103,7 @@ async def test_input_required_bridged_for_a_handshake_client(make_config, open_g
         asked.append(params.get("message", ""))
         return {"action": "accept", "content": {"name": "Ada"}}
 
-    sdk = {
-        "name": "sdk",
-        "type": "stdio",
-        "command": sys.executable,
-        "args": [SDK_SERVER],
-        "era": "modern",
-        "inherit_env": ["PYTHONPATH"],
-    }
+    sdk = sdk_backend()
     gw = await open_gateway(make_config([sdk]), capabilities={"elicitation": {}}, on_request=answer)
     res = await gw.request("tools/call", {"name": "greet", "arguments": {}}, timeout=30)
     assert "Hello, Ada!" in json.dumps(res)
@@ -137,14 +117,7 @@ async def test_input_required_bridged_for_a_handshake_client(make_config, open_g
 async def test_input_required_passes_through_to_a_modern_client(make_config, tmp_path):
     from mcp_types import ElicitResult
 
-    sdk = {
-        "name": "sdk",
-        "type": "stdio",
-        "command": sys.executable,
-        "args": [SDK_SERVER],
-        "era": "modern",
-        "inherit_env": ["PYTHONPATH"],
-    }
+    sdk = sdk_backend()
 
     async def on_elicit(ctx, p) -> ElicitResult:
         return ElicitResult(action="accept", content={"name": "Grace"})

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,11 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from sentinel_gw.httpwire import HttpClient
-from tests.conftest import backend
+from tests.conftest import backend, sdk_backend
 from tests.integration.test_http_front import ALICE, BOB, GUARD, Gateway, Mcp, Reply
 from tests.integration.test_sdk_interop import params
 
 CAPS = {"elicitation": {}, "sampling": {}, "roots": {}}
-SDK_SERVER = str(Path(__file__).resolve().parent.parent / "servers" / "sdk_server.py")
 
 
 def meta(caps: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -227,14 +225,7 @@ async def test_http_sdk_modern_client_elicitation(http_gw: Gateway) -> None:
 async def test_modern_backend_state_is_sealed_to_its_caller(make_config, open_gateway):
     """A 2026-07-28 backend's own requestState reaches the client sealed: the backend never sees
     who calls, so the gateway binds the state to the caller and the call."""
-    sdk = {
-        "name": "sdk",
-        "type": "stdio",
-        "command": sys.executable,
-        "args": [SDK_SERVER],
-        "era": "modern",
-        "inherit_env": ["PYTHONPATH"],
-    }
+    sdk = sdk_backend()
     gw = await open_gateway(make_config([sdk]), initialize=False)
     call = {"name": "greet", "arguments": {}, "_meta": meta()}
     first = await gw.request("tools/call", call, timeout=30)
@@ -260,15 +251,7 @@ async def test_resource_updates_cross_eras(make_config, open_gateway):
     """A handshake-era client's resources/subscribe on a 2026-07-28 backend becomes a listen
     stream upstream; the backend's update reaches the client without the backend's listen id,
     and unsubscribing ends the upstream stream (a second round proves it was re-opened)."""
-    sdk = {
-        "name": "sdk",
-        "type": "stdio",
-        "command": sys.executable,
-        "args": [SDK_SERVER],
-        "era": "modern",
-        "prefix": "sdk",
-        "inherit_env": ["PYTHONPATH"],
-    }
+    sdk = sdk_backend(prefix="sdk")
     gw = await open_gateway(make_config([sdk]))
 
     def updates() -> list[dict[str, Any]]:
