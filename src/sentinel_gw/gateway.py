@@ -312,8 +312,8 @@ class Gateway:
         self, session: Session, message: dict[str, Any], deliver: bool
     ) -> dict[str, Any] | None:
         current_request_id.set(message["id"])  # this task's own context: audit records the client's id
-        if session.client_capabilities:
-            current_client_caps.set(upstream_capabilities(session.client_capabilities))
+        if session.routable_capabilities is not None:
+            current_client_caps.set(session.routable_capabilities)
         reply = await self.handle_request(session, message)
         if deliver and reply is not None:
             # Sent from inside the task, before the observers scheduled by _observed run: audit
@@ -532,6 +532,7 @@ class Gateway:
             )
         session.protocol_version = negotiate_version(version)
         session.client_capabilities = caps
+        session.routable_capabilities = upstream_capabilities(caps) if caps else None
         session.client_info = info if isinstance(info, dict) else {}
         session.state = "initialized"
         self.set_upstream_capabilities(caps)

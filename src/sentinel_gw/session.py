@@ -28,6 +28,9 @@ class Session:
         self.protocol_version = ""
         self.client_info: dict[str, Any] = {}
         self.client_capabilities: dict[str, Any] = {}
+        # What of them a backend may be told (modern backends get it per request): derived once,
+        # at initialize, not on every request.
+        self.routable_capabilities: dict[str, Any] | None = None
         self.log_level: str | None = None
         self.subscriptions: set[str] = set()
         self.listeners: dict[Any, Any] = {}  # 2026-07-28 subscriptions/listen streams by request id
