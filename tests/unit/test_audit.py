@@ -149,6 +149,75 @@ def test_canonical_json_and_hash() -> None:
     assert compute_hash(ev) == hashlib.sha256((GENESIS + text).encode()).hexdigest()
 
 
+def _reference_canonical(ev: AuditEvent) -> str:
+    """The definition canonical_json must match byte for byte (stored chains depend on it)."""
+    data = {k: v for k, v in ev.to_dict().items() if k != "hash"}
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+class _Str(str):
+    pass
+
+
+CANONICAL_VALUES: list[object] = [
+    None,
+    "",
+    "plain",
+    'quote " backslash \\ newline \n tab \t nul \x00',
+    "caf\u00e9 \u2603 \U0001f600",
+    "\ud800 lone surrogate",
+    _Str("a str subclass"),
+    0,
+    -7,
+    2**80,
+    True,
+    False,
+    0.1,
+    1e300,
+    -0.0,
+    12.5,
+    [],
+    ["b", "a", "\u00e9"],
+    {"z": 1, "a": [1, 2.5, None, {"y": "x", "b": True}], "\u00e9": "\u2603"},
+]
+
+
+@pytest.mark.parametrize("value", CANONICAL_VALUES, ids=repr)
+def test_canonical_json_matches_the_reference_encoding(value: object) -> None:
+    # Every field, each in turn, takes every kind of value the encoder may meet.
+    for name in (
+        "kind",
+        "method",
+        "status",
+        "id",
+        "time",
+        "session",
+        "subject",
+        "roles",
+        "tool",
+        "args",
+        "error",
+        "latency_ms",
+        "request_id",
+        "detail",
+        "prev_hash",
+        "upstream_id",
+    ):
+        ev = call(3, id="abc", time="2025-01-01T00:00:00.000Z", prev_hash=GENESIS)
+        setattr(ev, name, value)
+        assert canonical_json(ev) == _reference_canonical(ev), name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), {"x": float("-inf")}, {1: {2}}])
+def test_canonical_json_refuses_what_the_reference_refuses(bad: object) -> None:
+    ev = call(3, id="abc", time="2025-01-01T00:00:00.000Z", prev_hash=GENESIS)
+    ev.args = bad
+    with pytest.raises((TypeError, ValueError)):
+        _reference_canonical(ev)
+    with pytest.raises((TypeError, ValueError)):
+        canonical_json(ev)
+
+
 def chain(n: int) -> list[AuditEvent]:
     out: list[AuditEvent] = []
     prev = GENESIS

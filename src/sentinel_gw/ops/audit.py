@@ -63,6 +63,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from sentinel_gw.ops import plugins
 from sentinel_gw.ops.redact import POLICIES, ArgsPolicy, redact_args, redact_text
+from sentinel_gw.protocol.jsonenc import json_encoder
 
 if TYPE_CHECKING:
     from sentinel_gw.config_schema import AuditConfig, Config
@@ -197,18 +198,43 @@ _STR_FIELDS = tuple(
 
 
 # One encoder per form, built once: json.dumps with options builds a new JSONEncoder per call.
-_CANONICAL = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-).encode
-_LINE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
-_COLUMN = json.JSONEncoder(ensure_ascii=True).encode
+_CANONICAL = json_encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+_LINE = json_encoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+_COLUMN = json_encoder(ensure_ascii=True)
 _HASHED_FIELDS: tuple[str, ...] = tuple(n for n in _FIELD_ORDER if n != "hash")
-_hashed_values = operator.attrgetter(*_HASHED_FIELDS)
+_CANONICAL_FIELDS = tuple(sorted(_HASHED_FIELDS))
+_CANONICAL_PREFIXES = tuple(
+    ("{" if i == 0 else ",") + _CANONICAL(name) + ":" for i, name in enumerate(_CANONICAL_FIELDS)
+)
+_canonical_values = operator.attrgetter(*_CANONICAL_FIELDS)
+_encode_ascii = json.encoder.encode_basestring_ascii  # the C implementation when available
 
 
 def canonical_json(event: AuditEvent) -> str:
-    """The hashed form: every field but `hash`, sorted keys, no whitespace, ASCII only."""
-    return _CANONICAL(dict(zip(_HASHED_FIELDS, _hashed_values(event), strict=True)))
+    """The hashed form: every field but `hash`, sorted keys, no whitespace, ASCII only.
+
+    Byte for byte `_CANONICAL(dict of those fields)` (stored chains verify either way), built
+    field by field: the top-level keys are fixed and the values are nearly always str or None,
+    which skips the encoder's per-call setup and key sort (7 -> 2 us per event). Anything else
+    (args, detail, roles) goes through the encoder itself.
+    """
+    parts = []
+    for prefix, value in zip(_CANONICAL_PREFIXES, _canonical_values(event)):  # noqa: B905 - fixed lengths
+        kind = type(value)
+        if kind is str:
+            text = _encode_ascii(value)
+        elif value is None:
+            text = "null"
+        elif kind is float and math.isfinite(value):  # NaN/Infinity: the encoder raises
+            text = float.__repr__(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        else:
+            text = _CANONICAL(value)
+        parts.append(prefix)
+        parts.append(text)
+    parts.append("}")
+    return "".join(parts)
 
 
 def compute_hash(event: AuditEvent) -> str:
@@ -1130,9 +1156,9 @@ class AuditLog:
         event.prev_hash = self._tip
         try:
             event.hash = compute_hash(event)
-        except (TypeError, ValueError):
-            # Not JSON (a set, NaN, a tuple key): redact_args returns JSON data. Only callers that
-            # skipped redaction get here.
+        except (TypeError, ValueError, RecursionError):
+            # Not JSON (a set, NaN, a tuple key, a cycle): redact_args returns JSON data. Only
+            # callers that skipped redaction get here.
             event.args = redact_args(event.args, "redacted")
             event.hash = compute_hash(event)
         self._tip = event.hash

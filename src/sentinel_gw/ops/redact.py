@@ -36,6 +36,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
+from sentinel_gw.protocol.jsonenc import json_encoder
+
 __all__ = [
     "POLICIES",
     "REDACTED",
@@ -261,7 +263,7 @@ def _marker(removed: int) -> str:
     return f"[TRUNCATED {removed} bytes]"
 
 
-_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_compact = json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 def _json_size(obj: object) -> int:
@@ -279,8 +281,14 @@ def _text(s: str, limit: int, heuristics: bool) -> str:
     return out + _marker(removed) if removed else out
 
 
+@functools.lru_cache(maxsize=4096)
+def _str_key(k: str, heuristics: bool) -> str:
+    return _text(k, 256, heuristics)
+
+
 def _key(k: object, heuristics: bool = True) -> str:
-    return _text(k if isinstance(k, str) else str(k), 256, heuristics)
+    # Cached: argument names repeat call after call (like is_secret_key).
+    return _str_key(k, heuristics) if type(k) is str else _text(str(k), 256, heuristics)
 
 
 def _scalar(v: object) -> object:
