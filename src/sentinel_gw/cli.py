@@ -36,7 +36,12 @@ variables, which may also come from a .env file next to the config (or --env-fil
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="PATH", help="config file (default: see below)")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="PATH",
+        help="config file (default: $SENTINEL_CONFIG, ./sentinel.toml, ~/.config/sentinel-gw/sentinel.toml)",
+    )
     p.add_argument(
         "--env-file",
         metavar="PATH",
@@ -121,8 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "kill",
-        help="disable a tool or backend on every gateway of this host",
-        description="Edit the host-wide kill file (atomically). Gateways notice within a second.",
+        help="disable a tool or backend on every gateway sharing the kill file",
+        description="Edit the kill file (atomically): kill_switch.file, by default "
+        "~/.local/state/sentinel-gw/killswitch.json: every gateway of this user, or every gateway "
+        "naming the same file (trusted only if owned by the gateway's user or root). Running "
+        "gateways notice within a second; "
+        "callers get -32005 and the kill is audited.",
     )
     _add_config_args(p)
     p.add_argument("kind", nargs="?", choices=["tool", "backend"])
@@ -130,12 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="killed by operator", help="shown to callers and in the audit trail")
     p.add_argument("--list", action="store_true", help="list what is killed")
 
-    p = sub.add_parser("revive", help="undo a kill")
+    p = sub.add_parser(
+        "revive",
+        help="undo a kill",
+        description="Remove a tool or backend from the kill file (atomically); running gateways "
+        "serve it again within a second. Kills in the config's [kill_switch] stay until the config "
+        "changes.",
+    )
     _add_config_args(p)
     p.add_argument("kind", choices=["tool", "backend"])
     p.add_argument("name")
 
-    p = sub.add_parser("explain", help="show each policy decision for a role or token and a tool")
+    p = sub.add_parser(
+        "explain",
+        help="show each policy decision for a role or token and a tool",
+        description="Walk a call through the policy as the gateway would (kill switch, RBAC, rate "
+        "limit, argument validation) and print each decision and why. Nothing is forwarded and "
+        "no rate limit is consumed.",
+    )
     _add_config_args(p)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--role", action="append", help="role (repeat for several)")
