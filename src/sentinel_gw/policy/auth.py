@@ -5,7 +5,12 @@ Rules (each one fixes a flaw of the original gateway, ORIGINAL-SENTINEL.md secti
 * No fail-open: ``mode = "jwt"`` without a usable key is an :class:`AuthSetupError` at startup,
   never an admin identity. HMAC secrets must be at least 32 bytes.
 * Algorithms come from ``auth.algorithms`` only. ``none`` is never accepted; the header ``alg``
-  is checked against the allow-list *before* any decoding, and pyjwt gets the same list.
+  is checked against the allow-list *before* the signature, and pyjwt gets the same list.
+* HS* signatures are checked here with the standard library (``hmac.compare_digest``), parsing
+  the token exactly as pyjwt does (strict base64url, ``crit``, ``kid``): pyjwt imports the
+  ``cryptography`` package whenever it is installed, which costs ~10 MiB and ~25 ms at start-up
+  for nothing an HMAC needs. pyjwt (imported on first use) verifies asymmetric signatures and
+  mints tokens; tests/unit/test_auth_hmac.py checks both give the same verdict on every token.
   HMAC and asymmetric algorithms cannot be mixed in one config, and every key is bound to its
   family (an RSA public key is never an HMAC secret, an ``oct`` JWK is never loaded).
 * Key-bearing headers (``jku``, ``jwk``, ``x5u``, ``x5c``) are ignored: keys come from config.
@@ -31,7 +36,10 @@ a thread (``await asyncio.to_thread(verifier.verify_fetching, token)``), or call
 
 from __future__ import annotations
 
-import http.client
+import base64
+import binascii
+import hashlib
+import hmac
 import ipaddress
 import json
 import logging
@@ -42,13 +50,10 @@ import secrets as _secrets
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
-
-import jwt
 
 from sentinel_gw.config_schema import AuthConfig
 from sentinel_gw.policy.identity import Identity
@@ -240,6 +245,7 @@ def _load_pem(data: bytes, origin: str) -> _PublicKey:
 
 def _load_jwk(jwk: object, allowed: frozenset[str]) -> _PublicKey | None:
     """One JWK -> key, or None (with a log line) if it is unusable for the allowed algorithms."""
+    import jwt
     from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
     if not isinstance(jwk, dict):
@@ -322,13 +328,14 @@ def check_jwks_url(url: str) -> str:
     raise AuthSetupError("auth.jwks_url: must be an https:// URL")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # A redirect could lead from https to http or to another host; keys come from the URL given.
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def _default_fetch(url: str, timeout: float, max_bytes: int) -> bytes:
+    import urllib.request  # only with a JWKS URL: http.client and email cost start-up time
+
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        # A redirect could lead from https to http or to another host; keys come from the URL given.
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     opener = urllib.request.build_opener(_NoRedirect())
     req = urllib.request.Request(  # noqa: S310 - scheme checked by check_jwks_url
         url, headers={"Accept": "application/jwk-set+json, application/json", "User-Agent": "sentinel-gw"}
@@ -402,6 +409,8 @@ class JwksCache:
 
     def refresh(self) -> bool:
         """Fetch the JWKS now; True if new keys were installed."""
+        import http.client  # loaded with urllib.request by the default fetch; JWKS URL only
+
         with self._lock:
             self._last_attempt = self._clock()
             try:
@@ -525,6 +534,78 @@ def _number(payload: Mapping[str, Any], name: str) -> float | None:
 
 def _has_control_chars(s: str) -> bool:
     return any(ord(c) < 0x20 or ord(c) == 0x7F for c in s)
+
+
+_HMAC_HASHES: Final = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+_BASE64URL: Final = re.compile(rb"[A-Za-z0-9_-]*")
+_SUPPORTED_CRIT: Final = frozenset({"b64"})
+
+
+def _b64url_segment(segment: bytes) -> bytes:
+    """One JWS segment, decoded as strictly as pyjwt does: the base64url alphabet only, at most
+    two trailing "=" and only to a multiple of 4, and the canonical encoding of its bytes (no
+    stray low bits). Raises ValueError."""
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    if padding > 2 or (padding and len(segment) % 4) or len(stripped) % 4 == 1:
+        raise ValueError("bad base64url padding")
+    if _BASE64URL.fullmatch(stripped) is None:
+        raise ValueError("not base64url")
+    try:
+        decoded = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+    except binascii.Error:
+        raise ValueError("not base64url") from None
+    if base64.urlsafe_b64encode(decoded).rstrip(b"=") != stripped:
+        raise ValueError("non-canonical base64url")
+    return decoded
+
+
+def _parse_jws(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """A compact JWS -> (header, signing input, payload bytes, signature), checked like pyjwt's
+    decoder (header a JSON object, ``kid`` a string, ``crit`` a non-empty list of understood and
+    present extensions). Nothing is verified. Raises ValueError."""
+    raw = token.encode("ascii")
+    signing_input, _, signature_segment = raw.rpartition(b".")
+    header_segment, dot, payload_segment = signing_input.partition(b".")
+    if not dot:
+        raise ValueError("not enough segments")
+    header = json.loads(_b64url_segment(header_segment))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a JSON object")
+    if header.get("b64", True) is False:
+        payload = b""  # never decoded (refused by the caller): no work for an attacker
+        if payload_segment:
+            raise ValueError("payload must be empty when b64 is false")
+    else:
+        payload = _b64url_segment(payload_segment)
+    signature = _b64url_segment(signature_segment)
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise ValueError("kid is not a string")
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit:
+            raise ValueError("crit is not a non-empty list")
+        for ext in crit:
+            if not isinstance(ext, str) or ext not in _SUPPORTED_CRIT or ext not in header:
+                raise ValueError("unsupported critical extension")
+    return header, signing_input, payload, signature
+
+
+def _verify_asymmetric(token: str, key: Any, alg: str) -> Any:
+    """pyjwt checks an RS*/PS*/ES*/EdDSA signature (only these configs import it and
+    cryptography); the claims are checked by the caller."""
+    import jwt
+
+    try:
+        return jwt.decode(token, key=key, algorithms=[alg], options=_DECODE_OPTIONS)  # type: ignore[arg-type]
+    except jwt.InvalidSignatureError:
+        raise AuthError("bad_signature", "token signature is invalid") from None
+    except jwt.InvalidAlgorithmError:
+        raise AuthError("bad_algorithm", "token algorithm is not accepted") from None
+    except jwt.InvalidKeyError:
+        raise AuthError("unknown_key", "no usable key for this token") from None
+    except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
+        raise AuthError("malformed", "token could not be decoded") from None
 
 
 class TokenVerifier:
@@ -712,8 +793,8 @@ class TokenVerifier:
         if not token.isascii() or token.count(".") != 2:
             raise AuthError("malformed", "token is not a compact JWS (header.payload.signature)")
         try:
-            header = jwt.get_unverified_header(token)
-        except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
+            header, signing_input, payload_bytes, signature = _parse_jws(token)
+        except (ValueError, RecursionError):
             raise AuthError("malformed", "token header is not valid base64url-encoded JSON") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or not alg:
@@ -733,16 +814,16 @@ class TokenVerifier:
             raise AuthError("malformed", "token header kid must be a string")
 
         key = self._select_key(alg, kid)
-        try:
-            payload = jwt.decode(token, key=key, algorithms=[alg], options=_DECODE_OPTIONS)  # type: ignore[arg-type]
-        except jwt.InvalidSignatureError:
-            raise AuthError("bad_signature", "token signature is invalid") from None
-        except jwt.InvalidAlgorithmError:
-            raise AuthError("bad_algorithm", "token algorithm is not accepted") from None
-        except jwt.InvalidKeyError:
-            raise AuthError("unknown_key", "no usable key for this token") from None
-        except (jwt.PyJWTError, ValueError, TypeError, OverflowError, RecursionError):
-            raise AuthError("malformed", "token could not be decoded") from None
+        if alg in HMAC_ALGORITHMS:
+            expected = hmac.new(key, signing_input, _HMAC_HASHES[alg]).digest()
+            if not hmac.compare_digest(signature, expected):
+                raise AuthError("bad_signature", "token signature is invalid")
+            try:
+                payload = json.loads(payload_bytes)
+            except (ValueError, RecursionError):
+                raise AuthError("malformed", "token could not be decoded") from None
+        else:
+            payload = _verify_asymmetric(token, key, alg)
         if not isinstance(payload, dict):
             raise AuthError("malformed", "token payload is not a JSON object")
         return self._identity(payload, now)
@@ -928,6 +1009,8 @@ def mint_token(
         payload["aud"] = audience
     if tenant is not None:
         payload[tenant_claim] = tenant
+    import jwt
+
     try:
         return jwt.encode(payload, key, algorithm=algorithm)
     except (jwt.PyJWTError, ValueError, TypeError) as e:
