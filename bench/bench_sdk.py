@@ -8,11 +8,13 @@ bytes costs 1.5x direct, one that parses and re-encodes every message 2.0x", and
 proxies it compares) come from a heavier client. This script measures the same scenarios with the
 client real Python agents use, `mcp.Client` (handshake era, `mode="legacy"`), in two pairings:
 
+- `echo`: the stdlib echo backend (`tests/servers/echo_server.py`). Here the two reference
+  relays measure 1.6x and 1.8x direct, next to the issue's own 1.5x / 2.0x: this pairing
+  reproduces the setting of issue 8's figures, so its rows carry the verdicts (p50 <= 2.5x,
+  p99 <= 3x, 16 in flight >= 0.25x direct calls/s);
 - `sdk`: the official-SDK echo backend (`tests/servers/sdk_server.py`, tool `echo`), the setting
-  of the issue's proxy comparison; its rows carry the verdicts (p50 <= 2.5x, p99 <= 3x, 16 in
-  flight >= 0.25x direct calls/s);
-- `echo`: the stdlib echo backend (`tests/servers/echo_server.py`), where the relays land near
-  the issue's 1.5x / 2.0x floor: informative rows, no verdict.
+  of a real deployment: the backend's own ~1 ms per call makes every relay cheap (1.1-1.2x), so
+  these rows are informative, no verdict.
 
 Each pairing has four sides kept open for the whole run: direct, the two reference relays of
 `bench/relays.py` (copy, reencode) each in front of its own backend, and the gateway with the
@@ -82,8 +84,8 @@ class Pairing:
 
 
 PAIRINGS = {
-    "sdk": Pairing(SDK, f"{CLIENT} → SDK echo backend", True),
-    "echo": Pairing(ECHO, f"{CLIENT} → stdlib echo backend", False),
+    "echo": Pairing(ECHO, f"{CLIENT} → stdlib echo backend", True),
+    "sdk": Pairing(SDK, f"{CLIENT} → SDK echo backend", False),
 }
 
 
@@ -166,7 +168,7 @@ async def sdk_latency_throughput(
     calls: int,
     rounds: int,
     concurrency: int,
-    pairing: str = "sdk",
+    pairing: str = "echo",
     suffix: str = "",
     relay_rows: bool = True,
     per_round: list[dict[str, float]] | None = None,
@@ -254,7 +256,7 @@ def _rows(
             g[key],
             d[key],
             rs,
-            target if p.verdict else f"{target}: informative (verdict on the SDK backend)",
+            target if p.verdict else f"{target}: informative (verdict on the stdlib echo backend)",
             passed if p.verdict else None,
         )
         for scenario, unit, key, rs, target, passed in checks
@@ -273,8 +275,8 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--warmup", type=int, default=200, help="calls per side before the first round")
-    ap.add_argument("--pairings", default="sdk,echo", help=f"comma-separated, of {tuple(PAIRINGS)}")
-    ap.add_argument("--pure", action="store_true", help="also the sdk pairing with SENTINEL_GW_ACCEL=0")
+    ap.add_argument("--pairings", default="echo,sdk", help=f"comma-separated, of {tuple(PAIRINGS)}")
+    ap.add_argument("--pure", action="store_true", help="also the echo pairing with SENTINEL_GW_ACCEL=0")
     ap.add_argument("--markdown", help="write the result table to this file")
     args = ap.parse_args()
     pairings = [x.strip() for x in args.pairings.split(",") if x.strip()]
@@ -286,14 +288,14 @@ async def main() -> None:
             rows += await sdk_latency_throughput(
                 Path(d), args.calls, args.rounds, args.concurrency, pairing, warmup=args.warmup
             )
-        if args.pure and "sdk" in pairings:
+        if args.pure and "echo" in pairings:
             with accel_mode("0"):
                 rows += await sdk_latency_throughput(
                     Path(d),
                     args.calls,
                     args.rounds,
                     args.concurrency,
-                    "sdk",
+                    "echo",
                     suffix=" [pure stdlib]",
                     relay_rows=False,
                     warmup=args.warmup,

@@ -175,11 +175,12 @@ async def run(plan: Plan, groups: set[str], tmp: Path) -> tuple[list[Row], list[
 
 
 async def _sdk(plan: Plan, tmp: Path, notes: list[str]) -> list[Row]:
-    """Scenarios 1-2 with the official SDK client: the SDK-backend pairing (verdicts), the stdlib
-    echo pairing (informative), then the SDK-backend pairing's gateway again on the pure path."""
+    """Scenarios 1-2 with the official SDK client: the stdlib echo pairing (verdicts: its relay
+    floor matches issue 8's), the SDK-backend pairing (informative), then the echo pairing's
+    gateway again on the pure path."""
     rows: list[Row] = []
     trails: list[tuple[str, list[dict[str, float]]]] = []
-    runs = [("sdk", ""), ("echo", "")] + ([("sdk", " [pure stdlib]")] if plan.pure else [])
+    runs = [("echo", ""), ("sdk", "")] + ([("echo", " [pure stdlib]")] if plan.pure else [])
     for pairing, suffix in runs:
         label = bench_sdk.PAIRINGS[pairing].label + suffix
         progress(f"scenarios 1-2, {label}")
