@@ -9,6 +9,7 @@ import re
 import secrets
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from sentinel_gw.backends.base import BackendState
 from sentinel_gw.backends.process import launch, launch_spec
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.config_schema import BackendConfig
-from tests.conftest import ECHO_SERVER, GATEWAY, gateway_env, make_token
+from tests.conftest import ECHO_SERVER, GATEWAY, gateway_env, make_token, render_config
 from tests.helpers_stdio import RawStdioClient
 
 PRESPAWNED = re.compile(r"backend (\w+): launched before authentication \(pid (\d+)\)")
@@ -178,3 +179,23 @@ async def test_a_backend_stopped_before_adopting_its_process_reaps_it(tmp_path: 
     await backend.stop()
     assert popen.returncode == -signal.SIGKILL  # killed and reaped
     assert backend.state is BackendState.STOPPED
+
+
+def test_backends_are_launched_before_the_heavy_imports(tmp_path: Path) -> None:
+    """What `serve` imports before it launches the backends (the parser, the config, the launcher)
+    leaves out asyncio, the JWT stack and ssl: those load while the backends boot."""
+    code = (
+        "import sys\n"
+        "from sentinel_gw import cli\n"
+        "args = cli.build_parser().parse_args(['serve', '--config', sys.argv[1]])\n"
+        "path, environ, config = cli._load(args)\n"
+        "import sentinel_gw.backends.process\n"
+        "heavy = ('asyncio', 'jwt', 'cryptography', 'ssl', 'uvloop', 'sentinel_gw.gateway')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    cfg = tmp_path / "sentinel.toml"
+    cfg.write_text(render_config([recording_backend("one", tmp_path)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
