@@ -6,10 +6,16 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sentinel_gw import __version__
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from sentinel_gw.config_schema import Config
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -208,15 +214,11 @@ def _load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel_gw.config import ConfigError
-    from sentinel_gw.logs import setup_logging
-    from sentinel_gw.policy.auth import AuthError, AuthSetupError
-    from sentinel_gw.policy.engine import PolicyEngine
 
     try:
         path, environ, config = _load(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    setup_logging(args.log_level or config.gateway.log_level, config.gateway.log_format)
     admin_token = None
     if config.admin.listen and config.admin.token_env:
         admin_token = environ.get(config.admin.token_env, "")
@@ -227,10 +229,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
     if args.no_stdio and not config.http.listen:
         return _fail(f"{config.source}: --no-stdio needs [http] listen")
+    # Spawn, then authenticate: the stdio backends boot (an SDK server takes half a second) while
+    # the rest of the gateway starts (policy and keys, auth, asyncio and its imports), so the first
+    # tools/list is ready about when the slowest backend is. A bad token costs one spawn per
+    # backend, killed and reaped before we exit; no backend receives a byte before the client is
+    # authenticated (their handshake waits for the client's initialize, read after auth). The
+    # stdio token is no boundary against the OS user who starts us: that user can read the same
+    # env file and run the backends directly. See docs/SECURITY.md.
+    prespawned = _prespawn(config, environ)
+    try:
+        return _serve_with(args, path, config, environ, admin_token=admin_token, prespawned=prespawned)
+    finally:
+        # Whatever the gateway did not take over (it failed to start before it did): no orphan.
+        from sentinel_gw.backends.process import discard
+
+        discard(prespawned.values())
+        prespawned.clear()
+
+
+def _prespawn(config: Config, environ: Mapping[str, str]) -> dict[str, subprocess.Popen[bytes]]:
+    """Launch every enabled stdio backend now, before the event loop exists (see cmd_serve). One
+    that cannot be launched is left out: its backend reports the error when it starts, as always."""
+    from sentinel_gw.backends.process import SpawnError, launch, launch_spec
+
+    launched: dict[str, subprocess.Popen[bytes]] = {}
+    for cfg in config.backends:
+        if cfg.type != "stdio" or not cfg.enabled:
+            continue
+        try:
+            launched[cfg.name] = launch(launch_spec(cfg, environ, config.base_dir))
+        except SpawnError:
+            continue
+    return launched
+
+
+def _serve_with(  # type: ignore[no-untyped-def]
+    args, path, config, environ, *, admin_token, prespawned: dict[str, subprocess.Popen[bytes]]
+) -> int:
+    import logging
+
+    from sentinel_gw.logs import setup_logging
+    from sentinel_gw.policy.auth import AuthError, AuthSetupError
+    from sentinel_gw.policy.engine import PolicyEngine
+
+    setup_logging(args.log_level or config.gateway.log_level, config.gateway.log_format)
+    log = logging.getLogger("sentinel_gw.serve")
+    for name, popen in prespawned.items():
+        log.debug("backend %s: launched before authentication (pid %d)", name, popen.pid)
     try:
         policy = PolicyEngine(config, environ=environ)
-        # Authenticate before any backend is spawned: a bad token costs nothing. HTTP callers
-        # bring their own tokens, so --no-stdio needs none.
+        # HTTP callers bring their own tokens, so --no-stdio needs none.
         identity = None if args.no_stdio else policy.stdio_identity()
     except (AuthSetupError, ValueError) as exc:
         return _fail(f"{config.source}: auth: {exc}")
@@ -239,11 +287,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from sentinel_gw import accel
 
     return accel.run(
-        _serve(args, path, config, environ, policy=policy, identity=identity, admin_token=admin_token)
+        _serve(
+            args,
+            path,
+            config,
+            environ,
+            policy=policy,
+            identity=identity,
+            admin_token=admin_token,
+            prespawned=prespawned,
+        )
     )
 
 
-async def _serve(args, path, config, environ, *, policy, identity, admin_token) -> int:  # type: ignore[no-untyped-def]
+async def _serve(args, path, config, environ, *, policy, identity, admin_token, prespawned) -> int:  # type: ignore[no-untyped-def]
     import asyncio
     import logging
     import ssl
@@ -256,7 +313,7 @@ async def _serve(args, path, config, environ, *, policy, identity, admin_token) 
 
     log = logging.getLogger("sentinel_gw.serve")
     log.info("accelerators: %s", _accelerators())
-    gateway = Gateway(config, environ=environ, policy=policy)
+    gateway = Gateway(config, environ=environ, policy=policy, prespawned=prespawned)
     audit = recorder = None
     if config.audit.sinks:
         from sentinel_gw.ops.audit import AuditError, AuditLog

@@ -154,7 +154,7 @@ class Demo:
         print("sentinel-gw demo: a real gateway process, real MCP servers, a scripted client.")
         print(f"config: {self.config} (embedded; two backends: 'demo' and 'notes' with prefix 'notes')")
 
-        p.section("A developer connects (JWT in SENTINEL_TOKEN, verified before any backend starts)")
+        p.section("A developer connects (JWT in SENTINEL_TOKEN, verified before any backend is used)")
         dev = await self.gateway(self.token("alice", ["developer"]))
         try:
             await self.developer_session(dev)

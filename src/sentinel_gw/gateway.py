@@ -128,11 +128,20 @@ class _Observed:
 
 class Gateway:
     def __init__(
-        self, config: Config, *, environ: Mapping[str, str] | None = None, policy: PolicyEngine | None = None
+        self,
+        config: Config,
+        *,
+        environ: Mapping[str, str] | None = None,
+        policy: PolicyEngine | None = None,
+        prespawned: dict[str, Any] | None = None,
     ) -> None:
+        """`prespawned`: backend name -> subprocess.Popen already launched for that stdio backend
+        (by `serve`, before the event loop existed). Each is handed to its backend, which adopts it
+        on its first start, and removed from the dict: what is left was never taken over."""
         self.config = config
         self.environ = dict(os.environ if environ is None else environ)
         self.policy = policy or PolicyEngine(config, environ=self.environ)
+        self._prespawned = {} if prespawned is None else prespawned
         self.sessions: set[Session] = set()
         self.backends: dict[str, AnyBackend] = {}
         self.catalog = Catalog(
@@ -185,16 +194,20 @@ class Gateway:
 
     def _add_backend(self, cfg: BackendConfig) -> AnyBackend:
         kind: type[AnyBackend] = StdioBackend
+        extra: dict[str, Any] = {}
         if cfg.type == "http":
             from sentinel_gw.backends.http import HttpBackend
 
             kind = HttpBackend
+        else:  # launched by `serve` before the event loop existed: adopted once, never after a reload
+            extra["process"] = self._prespawned.pop(cfg.name, None)
         backend = kind(
             cfg,
             self,
             environ=self.environ,
             base_dir=self.config.base_dir,
             max_message_bytes=self.config.gateway.max_message_bytes,
+            **extra,
         )
         self.backends[cfg.name] = backend
         self._lists_ready[cfg.name] = asyncio.Event()

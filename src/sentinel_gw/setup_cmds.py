@@ -17,7 +17,6 @@ cli.py registers both through `add_parsers(subparsers)`; the handlers take these
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -33,8 +32,6 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-from sentinel_gw.stdio_client import self_command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -76,6 +73,8 @@ def example_text() -> str:
 
 def invocation() -> str:
     """How the user runs this sentinel-gw, for the hints we print."""
+    from sentinel_gw.stdio_client import self_command
+
     me = self_command()
     if me[1:2] != ["-m"]:  # the zipapp
         return shlex.join(["python3", me[1]])
@@ -187,6 +186,7 @@ def _env_text(
 def cmd_init(args: argparse.Namespace) -> int:
     from sentinel_gw.config import ConfigError, parse_config
     from sentinel_gw.policy.auth import mint_token, parse_duration
+    from sentinel_gw.stdio_client import self_command
 
     directory = Path(getattr(args, "dir", None) or ".").expanduser().resolve()
     force = bool(getattr(args, "force", False))
@@ -433,6 +433,8 @@ def _check_kill_file(report: Report, config: Any, environ: Mapping[str, str]) ->
 
 
 async def _check_audit(report: Report, config: Any, timeout: float) -> None:
+    import asyncio
+
     from sentinel_gw.ops import audit
 
     if not config.audit.sinks:
@@ -466,6 +468,8 @@ async def _check_audit(report: Report, config: Any, timeout: float) -> None:
 async def _check_backends(
     report: Report, config: Any, environ: Mapping[str, str], policy: Any, timeout: float
 ) -> None:
+    import asyncio
+
     from sentinel_gw.gateway import Gateway
     from sentinel_gw.policy.engine import PolicyEngine
 
@@ -531,6 +535,8 @@ async def _doctor_async(
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
     from sentinel_gw.config import (
         ConfigError,
         config_warnings,

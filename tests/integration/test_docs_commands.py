@@ -496,6 +496,27 @@ def test_bench_script_runs(tmp_path: Path) -> None:
     assert "latency p50" in table and "PSS" in table
 
 
+def test_bench_sdk_script_runs(tmp_path: Path) -> None:
+    """The SDK-client benchmark command of docs/PERFORMANCE.md, with few calls: both pairings and
+    the pure-stdlib rerun start, every call echoes (a failed call fails the script) and the table
+    labels each row with its pairing (the figures are not checked)."""
+    out = tmp_path / "perf-sdk.md"
+    small = ("--calls", "20", "--rounds", "1", "--warmup", "5", "--concurrency", "4", "--pure")
+    done = subprocess.run(
+        [sys.executable, "bench/bench_sdk.py", *small, "--markdown", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = out.read_text(encoding="utf-8")
+    assert "latency p50, 1 call in flight — official SDK client → SDK echo backend |" in table
+    assert "— official SDK client → stdlib echo backend |" in table
+    assert "— official SDK client → SDK echo backend [pure stdlib] |" in table
+
+
 TEST_REF = re.compile(r"(?:tests/)?((?:unit|integration)/test_\w+\.py)?::(test_\w+)")
 
 

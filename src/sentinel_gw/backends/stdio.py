@@ -6,18 +6,26 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
-import shutil
 import signal
-import sys
+import subprocess
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sentinel_gw import __version__
-from sentinel_gw.aio import CoalescingWriter, small_reads
+from sentinel_gw.aio import CoalescingWriter
 from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
+from sentinel_gw.backends.process import (
+    SAFE_ENV,
+    ChildProcess,
+    SpawnError,
+    child_environment,
+    discard,
+    kill_group,
+    launch,
+    launch_spec,
+)
 from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.observe import current_client_caps
 from sentinel_gw.protocol import jsonrpc
@@ -36,8 +44,8 @@ from sentinel_gw.resilience import CircuitBreaker, HealthState, HealthTracker
 
 log = logging.getLogger("sentinel_gw.backend")
 
-# Variables a child gets from the gateway's environment without asking; nothing secret.
-SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
+# SAFE_ENV, SpawnError and child_environment moved to backends/process.py; still importable here.
+__all__ = ["SAFE_ENV", "SpawnError", "StdioBackend", "child_environment"]
 
 STDERR_LINES_PER_SEC = 20.0
 STDERR_BURST = 100.0
@@ -47,59 +55,6 @@ STOP_TERM_GRACE = 2.0
 _READ_CHUNK = 1 << 16
 LISTEN_TIMEOUT = 10 * 365 * 86400.0  # a listen stream lives as long as the child
 _WRITE_HIGH_WATER = 1 << 18
-
-
-class SpawnError(Exception):
-    """Starting the child failed in a way a restart cannot fix (bad command, missing secret)."""
-
-
-def child_environment(
-    cfg: BackendConfig, environ: Mapping[str, str], *, safe: tuple[str, ...] = SAFE_ENV
-) -> dict[str, str]:
-    """The minimal environment: safe variables, then `inherit_env`, `env`, `env_from` in that order."""
-    env = {k: environ[k] for k in safe if k in environ}
-    for key in cfg.inherit_env:
-        if key in environ:
-            env[key] = environ[key]
-    env.update(cfg.env)
-    missing = [src for src in cfg.env_from.values() if src not in environ]
-    if missing:
-        raise SpawnError(
-            f"backend '{cfg.name}': env_from refers to unset variable(s) {', '.join(sorted(missing))} "
-            "in the gateway's environment"
-        )
-    for child_key, source in cfg.env_from.items():
-        env[child_key] = environ[source]
-    return env
-
-
-_prctl: list[Any] = []  # [libc.prctl] once resolved in the gateway process, [None] if unavailable
-
-
-def _resolve_prctl() -> None:
-    """Load libc's prctl in the gateway, once: a child importing ctypes between fork and exec
-    costs milliseconds per spawn, during which the event loop waits for the exec."""
-    if _prctl:
-        return
-    try:
-        import ctypes
-
-        _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
-    except Exception:
-        _prctl.append(None)
-
-
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the kernel kills the child when the gateway dies, even by SIGKILL.
-    try:
-        prctl = _prctl[0] if _prctl else None
-        if prctl is None:
-            import ctypes
-
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: S110 - best effort; nothing can be logged between fork and exec
-        pass
 
 
 class _Expired(Exception):
@@ -158,36 +113,6 @@ class _RateLimitedLog:
         log.info("backend %s stderr: %s", self.name, text[:STDERR_MAX_LINE])
 
 
-class _ChildProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's subprocess protocol, except that stdout goes straight to a parser from the
-    pipe's read callback (one loop iteration less per reply than a reader task). Its StreamReader
-    still sees the end of stdout (or the error), so waiting for it works as before."""
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(limit=limit, loop=loop)
-        self._parse: Callable[[bytes], None] | None = None
-        self._early: list[bytes] = []  # stdout that arrived before the parser was attached
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        for fd in (1, 2):
-            small_reads(transport.get_pipe_transport(fd))  # type: ignore[attr-defined]
-
-    def attach(self, parse: Callable[[bytes], None]) -> None:
-        self._parse = parse
-        early, self._early = self._early, []
-        for chunk in early:
-            parse(chunk)
-
-    def pipe_data_received(self, fd: int, data: bytes | str) -> None:
-        if fd != 1:
-            super().pipe_data_received(fd, data)
-        elif self._parse is None:
-            self._early.append(bytes(data))  # type: ignore[arg-type]
-        else:
-            self._parse(data)  # type: ignore[arg-type]
-
-
 class StdioBackend:
     def __init__(
         self,
@@ -197,7 +122,10 @@ class StdioBackend:
         environ: Mapping[str, str],
         base_dir: str = ".",
         max_message_bytes: int = 4 * 1024 * 1024,
+        process: subprocess.Popen[bytes] | None = None,
     ) -> None:
+        """`process`: the child already launched for this backend (`launch()` on the same config
+        and environment, see `sentinel-gw serve`); the first start adopts it instead of launching."""
         self.cfg = cfg
         self.name = cfg.name
         self.events = events
@@ -212,7 +140,8 @@ class StdioBackend:
         self.last_error = ""
         self.restarts = 0
         self.pid: int | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: ChildProcess | None = None
+        self._prespawned = process  # until the first start adopts it
         self._out: CoalescingWriter | None = None  # the child's stdin
         self._pending: dict[int, _Pending] = {}
         self._next_id = 0
@@ -325,6 +254,8 @@ class StdioBackend:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             self._kill_group(signal.SIGKILL)
+        if self._prespawned is not None:
+            kill_group(self._prespawned.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -336,6 +267,11 @@ class StdioBackend:
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
+        if self._proc is not None:  # started while the first _terminate() was waiting
+            await self._terminate()
+        popen, self._prespawned = self._prespawned, None
+        if popen is not None:  # launched for us, never adopted (stopped before the first start)
+            await asyncio.to_thread(discard, [popen])
         for task in list(self._server_requests.values()):
             task.cancel()
         self.state = BackendState.STOPPED if self.state is not BackendState.DISABLED else self.state
@@ -395,7 +331,7 @@ class StdioBackend:
             # A child that stops reading must not make us buffer without bound.
             self._drain_task = asyncio.ensure_future(self._drain(proc, out))
 
-    async def _drain(self, proc: asyncio.subprocess.Process, out: CoalescingWriter) -> None:
+    async def _drain(self, proc: ChildProcess, out: CoalescingWriter) -> None:
         try:
             assert proc.stdin is not None
             out.flush()
@@ -403,8 +339,7 @@ class StdioBackend:
         except (asyncio.TimeoutError, ConnectionError, OSError):
             if proc.returncode is None and self._proc is proc:
                 log.error("backend %s: stdin is not being read; restarting it", self.name)
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
         finally:
             self._drain_task = None
 
@@ -498,49 +433,23 @@ class StdioBackend:
         self.events.backend_down(self, "gave_up")
 
     async def _spawn(self) -> None:
-        env = child_environment(self.cfg, self.environ)
-        command = shutil.which(self.cfg.command, path=env.get("PATH", os.defpath))
-        if command is None:
-            raise SpawnError(f"backend '{self.name}': command not found: {self.cfg.command!r}")
-        cwd = self.cfg.cwd or None
-        if cwd and not os.path.isabs(cwd):
-            cwd = os.path.join(self.base_dir, cwd)
-        if cwd and not os.path.isdir(cwd):  # noqa: ASYNC240 - one stat per (re)start
-            raise SpawnError(f"backend '{self.name}': cwd does not exist: {cwd}")
+        # The first start adopts the process `serve` launched before the event loop existed (its
+        # spec was computed from the same config and environment); every other start launches.
+        popen, self._prespawned = self._prespawned, None
+        if popen is None:
+            popen = launch(launch_spec(self.cfg, self.environ, self.base_dir))
         self.state = BackendState.STARTING if self.restarts == 0 else BackendState.RESTARTING
-        loop = asyncio.get_running_loop()
-        linux = sys.platform.startswith("linux")
-        if linux:
-            _resolve_prctl()
-        try:
-            # asyncio.create_subprocess_exec, with stdout parsed in the pipe's read callback.
-            transport, protocol = await loop.subprocess_exec(
-                lambda: _ChildProtocol(_READ_CHUNK, loop),
-                command,
-                *self.cfg.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # own process group: we can signal the whole tree
-                preexec_fn=_pdeathsig if linux else None,
-            )
-        except OSError as exc:
-            raise SpawnError(
-                f"backend '{self.name}': cannot start {command}: {exc.strerror or exc}"
-            ) from None
-        proc = self._proc = asyncio.subprocess.Process(transport, protocol, loop)
+        self.pid = popen.pid
+        proc = self._proc = await ChildProcess.attach(popen)
         assert proc.stdin is not None
-        self._out = CoalescingWriter(proc.stdin.transport)  # type: ignore[arg-type]
-        self.pid = proc.pid
+        self._out = CoalescingWriter(proc.stdin.transport)
         self._next_id = 0
-        protocol.attach(self._stdout_parser(proc))
+        proc.attach_parser(self._stdout_parser(proc))
         self._io_tasks = [
             asyncio.create_task(self._stdout_closed(proc), name=f"stdout:{self.name}"),
             asyncio.create_task(self._read_stderr(proc), name=f"stderr:{self.name}"),
         ]
-        log.info("backend %s: started %s (pid %d)", self.name, command, self.pid)
+        log.info("backend %s: started %s (pid %d)", self.name, popen.args[0], self.pid)
 
     async def _handshake(self) -> None:
         caps = await self.events.upstream_capabilities()
@@ -699,11 +608,12 @@ class StdioBackend:
             with contextlib.suppress(BaseException):
                 await task
         self._fail_pending("crashed", f"Backend '{self.name}' stopped before answering")
+        proc.close()
         self._proc = None
         self._out = None
 
     @staticmethod
-    async def _wait_for(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    async def _wait_for(proc: ChildProcess, timeout: float) -> bool:
         try:
             await asyncio.wait_for(proc.wait(), timeout)
             return True
@@ -711,10 +621,8 @@ class StdioBackend:
             return False
 
     def _kill_group(self, sig: signal.Signals) -> None:
-        if self.pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
+        if self.pid is not None:
+            kill_group(self.pid, sig)
 
     # -- health ----------------------------------------------------------------------------------
 
@@ -752,9 +660,9 @@ class StdioBackend:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def _stdout_parser(self, proc: asyncio.subprocess.Process) -> Callable[[bytes], None]:
+    def _stdout_parser(self, proc: ChildProcess) -> Callable[[bytes], None]:
         """The child's stdout, chunk by chunk, parsed in the pipe's read callback (see
-        _ChildProtocol): a reply settles its waiter without a reader task in between."""
+        ChildProcess.attach_parser): a reply settles its waiter without a reader task in between."""
         splitter = LineSplitter(self.max_message_bytes)
         garbage = _RateLimitedLog(self.name)
 
@@ -784,12 +692,11 @@ class StdioBackend:
         return feed
 
     @staticmethod
-    async def _stdout_closed(proc: asyncio.subprocess.Process) -> None:
+    async def _stdout_closed(proc: ChildProcess) -> None:
         """Ends when the child's stdout does (its data goes to the parser, never to this reader)."""
-        assert proc.stdout is not None
-        await proc.stdout.read()
+        await proc.stdout_closed()
 
-    async def _read_stderr(self, proc: asyncio.subprocess.Process) -> None:
+    async def _read_stderr(self, proc: ChildProcess) -> None:
         assert proc.stderr is not None
         sink = _RateLimitedLog(self.name)
         splitter = LineSplitter(STDERR_MAX_LINE)
@@ -803,7 +710,7 @@ class StdioBackend:
                 else:
                     sink.line(line.decode("utf-8", "replace").rstrip())
 
-    def _on_message(self, message: dict[str, Any], proc: asyncio.subprocess.Process) -> None:
+    def _on_message(self, message: dict[str, Any], proc: ChildProcess) -> None:
         method = message.get("method")
         if method is None:
             msg_id = message.get("id")
@@ -852,7 +759,7 @@ class StdioBackend:
             task.cancel()
 
     async def _answer_server_request(
-        self, proc: asyncio.subprocess.Process, req_id: Any, method: str, params: dict[str, Any]
+        self, proc: ChildProcess, req_id: Any, method: str, params: dict[str, Any]
     ) -> None:
         if method == "ping":
             reply = jsonrpc.result(req_id, {})

@@ -1,0 +1,201 @@
+"""`sentinel-gw serve` launches its stdio backends before authenticating (cold start): the
+gateway adopts those processes, and when it cannot start, none of them is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sentinel_gw.backends.base import BackendState
+from sentinel_gw.backends.process import launch, launch_spec
+from sentinel_gw.backends.stdio import StdioBackend
+from sentinel_gw.config_schema import BackendConfig
+from tests.conftest import ECHO_SERVER, GATEWAY, gateway_env, make_token, render_config
+from tests.helpers_stdio import RawStdioClient
+
+PRESPAWNED = re.compile(r"backend (\w+): launched before authentication \(pid (\d+)\)")
+STARTED = re.compile(r"backend (\w+): started \S+ \(pid (\d+)\)")
+ACCEL = ["0", "loop"]  # the standard event loop, and uvloop
+
+
+def recording_backend(name: str, tmp_path: Path, marker: str = "") -> dict[str, object]:
+    """The echo server, behind a shell that appends its pid (the server keeps it: exec) to
+    <name>.pids and copies its stdin to <name>.in when `marker` is set (then it never answers)."""
+    pids = shlex.quote(str(tmp_path / f"{name}.pids"))
+    if marker:
+        run = f"exec cat > {shlex.quote(str(tmp_path / f'{name}.in'))}"
+    else:
+        run = f"exec {shlex.quote(sys.executable)} {shlex.quote(ECHO_SERVER)}"
+    return {
+        "name": name,
+        "type": "stdio",
+        "command": "sh",
+        "args": ["-c", f"echo $$ >> {pids}; {run}", marker or name],
+        "prefix": name,
+    }
+
+
+def pid_lines(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.parametrize("accel", ACCEL)
+async def test_prespawned_backends_are_adopted(make_config, tmp_path: Path, accel: str) -> None:
+    cfg = make_config([recording_backend("one", tmp_path), recording_backend("two", tmp_path)])
+    env = gateway_env(tmp_path, SENTINEL_GW_ACCEL=accel)
+    argv = [*GATEWAY, "serve", "--config", str(cfg), "--log-level", "debug"]
+    async with await RawStdioClient.start(argv, env=env) as gw:
+        await gw.initialize()
+        reply = await gw.request("tools/list")
+        names = {t["name"] for t in reply["result"]["tools"]}
+        assert {"one_echo", "two_echo"} <= names, names
+        reply = await gw.request("tools/call", {"name": "two_echo", "arguments": {"message": "hi"}})
+        assert reply["result"]["content"][0]["text"] == "hi"
+        log = gw.stderr.decode("utf-8", "replace")
+    prespawned = dict(PRESPAWNED.findall(log))
+    started = dict(STARTED.findall(log))
+    assert set(prespawned) == {"one", "two"}, log
+    assert started == prespawned, log  # adopted: the pid launched before auth is the one serving
+    for name in ("one", "two"):
+        assert pid_lines(tmp_path / f"{name}.pids") == [int(prespawned[name])]  # launched once
+
+
+@pytest.mark.parametrize("accel", ACCEL)
+async def test_a_backend_that_cannot_be_launched_fails_as_before(
+    make_config, tmp_path: Path, accel: str
+) -> None:
+    ghost = {"name": "ghost", "type": "stdio", "command": "no-such-command-sentinel-test"}
+    cfg = make_config([ghost, recording_backend("one", tmp_path)])
+    env = gateway_env(tmp_path, SENTINEL_GW_ACCEL=accel)
+    argv = [*GATEWAY, "serve", "--config", str(cfg), "--log-level", "debug"]
+    async with await RawStdioClient.start(argv, env=env) as gw:
+        await gw.initialize()
+        reply = await gw.request("tools/list")
+        assert "one_echo" in {t["name"] for t in reply["result"]["tools"]}
+        log = gw.stderr.decode("utf-8", "replace")
+    assert set(dict(PRESPAWNED.findall(log))) == {"one"}, log
+    # Reported by the backend when it starts, as without pre-spawning: the error, then giving up.
+    message = "backend 'ghost': command not found: 'no-such-command-sentinel-test'"
+    lines = [line for line in log.splitlines() if message in line]
+    assert len(lines) == 2 and lines[0].endswith(f"sentinel_gw.backend: {message}"), log
+    assert lines[1].endswith(f"backend ghost: giving up: {message}"), log
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("bad token", "authentication failed"),
+        ("expired token", "authentication failed"),
+        ("no signing secret", "auth: "),
+        ("audit sink fails", "audit: "),
+    ],
+)
+@pytest.mark.parametrize("accel", ACCEL)
+async def test_no_backend_outlives_a_failed_start(
+    make_config, tmp_path: Path, accel: str, case: str, expected: str
+) -> None:
+    marker = f"sentinel-prespawn-{secrets.token_hex(8)}"
+    extra = '[auth]\nmode = "jwt"\n[rbac.roles.admin]\npermissions = ["*"]\n'
+    if case == "audit sink fails":
+        extra += '[audit]\nsinks = ["postgres"]\npostgres_url_env = "SENTINEL_TEST_UNSET_PG_URL"\n'
+    cfg = make_config(
+        [recording_backend("one", tmp_path, marker), recording_backend("two", tmp_path, marker)],
+        extra=extra,
+        auth="jwt",
+    )
+    token = {
+        "bad token": "not-a-jwt",
+        "expired token": make_token(ttl=60, now=time.time() - 3600),
+    }.get(case) or make_token()
+    env = gateway_env(tmp_path, token, SENTINEL_GW_ACCEL=accel)
+    if case == "no signing secret":
+        del env["SENTINEL_JWT_SECRET"]
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        "serve",
+        "--config",
+        str(cfg),
+        "--log-level",
+        "debug",
+        env=env,
+        stdin=asyncio.subprocess.PIPE,  # open: a gateway that started would wait for a client
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode("utf-8", "replace")
+    assert proc.returncode == 2, log
+    assert expected in log, log
+    prespawned = {name: int(pid) for name, pid in PRESPAWNED.findall(log)}
+    assert set(prespawned) == {"one", "two"}, log  # they were launched before the failure
+    for name, pid in prespawned.items():
+        assert not alive(pid), f"backend {name} (pid {pid}) outlived the gateway"
+        assert pid_lines(tmp_path / f"{name}.pids") in ([], [pid])
+        received = tmp_path / f"{name}.in"
+        assert not received.exists() or received.read_bytes() == b""  # not one byte reached it
+    assert processes_with(marker) == []
+
+
+@pytest.mark.parametrize("how", ["stop", "kill then stop", "start then stop"])
+async def test_a_backend_stopped_before_adopting_its_process_reaps_it(tmp_path: Path, how: str) -> None:
+    cfg = BackendConfig(
+        name="t", type="stdio", command=sys.executable, args=("-c", "import time; time.sleep(60)")
+    )
+    popen = launch(launch_spec(cfg, os.environ, str(tmp_path)))
+    backend = StdioBackend(cfg, events=None, environ=os.environ, process=popen)  # type: ignore[arg-type]
+    if how == "kill then stop":
+        backend.kill()  # forced shutdown: SIGKILL at once
+    if how == "start then stop":
+        await backend.start()  # its supervisor has not run yet
+    await backend.stop()
+    assert popen.returncode == -signal.SIGKILL  # killed and reaped
+    assert backend.state is BackendState.STOPPED
+
+
+def test_backends_are_launched_before_the_heavy_imports(tmp_path: Path) -> None:
+    """What `serve` imports before it launches the backends (the parser, the config, the launcher)
+    leaves out asyncio, the JWT stack and ssl: those load while the backends boot."""
+    code = (
+        "import sys\n"
+        "from sentinel_gw import cli\n"
+        "args = cli.build_parser().parse_args(['serve', '--config', sys.argv[1]])\n"
+        "path, environ, config = cli._load(args)\n"
+        "import sentinel_gw.backends.process\n"
+        "heavy = ('asyncio', 'jwt', 'cryptography', 'ssl', 'uvloop', 'sentinel_gw.gateway')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in heavy))\n"
+    )
+    cfg = tmp_path / "sentinel.toml"
+    cfg.write_text(render_config([recording_backend("one", tmp_path)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
