@@ -1,7 +1,7 @@
 """Starting a stdio backend's process, and attaching it to the event loop.
 
-Spawning is split in two so that `serve` can launch its backends before the event loop (and the
-modules it needs) exists, while they boot, and the backends adopt them later:
+Spawning is split so that `serve` can launch its backends before the event loop exists (they
+boot while the gateway starts) and the backends adopt those processes later:
 
 * `launch_spec()` is pure: the resolved command, its arguments, the child's minimal environment
   and its working directory, or the `SpawnError` that says why the backend cannot start;
