@@ -512,9 +512,9 @@ def test_bench_sdk_script_runs(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     table = out.read_text(encoding="utf-8")
-    assert "latency p50, 1 call in flight — official SDK client → SDK echo backend |" in table
-    assert "— official SDK client → stdlib echo backend |" in table
-    assert "— official SDK client → SDK echo backend [pure stdlib] |" in table
+    assert "latency p50, 1 call in flight — official SDK client → stdlib echo backend |" in table
+    assert "— official SDK client → SDK echo backend |" in table
+    assert "— official SDK client → stdlib echo backend [pure stdlib] |" in table
 
 
 TEST_REF = re.compile(r"(?:tests/)?((?:unit|integration)/test_\w+\.py)?::(test_\w+)")
