@@ -356,6 +356,58 @@ async def test_server_to_client_refused_without_capability(make_config, open_gat
     assert "error" in reply or reply["result"].get("isError")
 
 
+def slow_user(delay: float, release: asyncio.Event | None = None):
+    """A client whose user answers elicitations after `delay` s (or only once `release` is set)."""
+    asked: list[str] = []
+
+    async def answer(method: str, params: dict):
+        asked.append(method)
+        if release is not None:
+            await release.wait()
+        await asyncio.sleep(delay)
+        return {"action": "accept", "content": {"name": "Ada"}}
+
+    return asked, answer
+
+
+async def test_open_question_suspends_the_idle_timeout(make_config, open_gateway):
+    # The user takes longer than timeout_secs to answer: the backend is waiting for them, not hung.
+    asked, answer = slow_user(1.5)
+    cfg = make_config([backend("a", timeout_secs=0.5, max_timeout_secs=30)])
+    gw = await open_gateway(cfg, capabilities={"elicitation": {}}, on_request=answer)
+    reply = await gw.request_raw("tools/call", {"name": "elicit", "arguments": {}}, timeout=20)
+    assert "result" in reply, reply
+    assert "accept" in texts(reply["result"]) and "Ada" in texts(reply["result"])
+    assert asked == ["elicitation/create"]
+
+
+async def test_unanswered_question_ends_at_the_hard_deadline(make_config, open_gateway):
+    release = asyncio.Event()
+    asked, answer = slow_user(0, release)
+    cfg = make_config([backend("a", timeout_secs=0.5, max_timeout_secs=2)])
+    gw = await open_gateway(cfg, capabilities={"elicitation": {}}, on_request=answer)
+    try:
+        reply = await gw.request_raw("tools/call", {"name": "elicit", "arguments": {}}, timeout=20)
+    finally:
+        release.set()
+    assert asked == ["elicitation/create"]
+    assert reply["error"]["code"] == -32008
+    assert reply["error"]["data"]["reason"] == "timeout"
+    assert "y" in texts(await gw.request("tools/call", {"name": "echo", "arguments": {"message": "y"}}))
+
+
+async def test_idle_timeout_restarts_once_the_question_is_answered(make_config, open_gateway):
+    # After the answer the backend goes silent for longer than timeout_secs: that is a timeout
+    # again (long before the 20 s sleep or the 30 s cap would end the call).
+    asked, answer = slow_user(1.0)
+    cfg = make_config([backend("a", timeout_secs=0.5, max_timeout_secs=30)])
+    gw = await open_gateway(cfg, capabilities={"elicitation": {}}, on_request=answer)
+    call = {"name": "elicit", "arguments": {"then_sleep": 20}}
+    reply = await gw.request_raw("tools/call", call, timeout=10)
+    assert asked == ["elicitation/create"]
+    assert reply["error"]["data"]["reason"] == "timeout"
+
+
 def count(gw: StdioClient, method: str) -> int:
     return sum(1 for n in gw.notifications if n["method"] == method)
 

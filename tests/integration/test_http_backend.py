@@ -498,6 +498,43 @@ async def test_progress_extends_the_idle_timeout_up_to_the_hard_cap(
     assert info.value.reason == "timeout"
 
 
+def slow_user(events: FakeEvents, delay: float) -> None:
+    """The client's user takes `delay` s to answer the server's questions (recorded when asked)."""
+    answer = events.backend_request
+
+    async def slowly(backend: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        result = await answer(backend, method, params)
+        await asyncio.sleep(delay)
+        return result
+
+    events.backend_request = slowly  # type: ignore[method-assign]
+
+
+async def test_open_question_suspends_the_idle_timeout(
+    server: ServerFactory, backend: BackendFactory
+) -> None:
+    # The server waits for the user's answer longer than timeout_secs: not a timeout.
+    srv = await server()
+    b, events = await backend(srv.url, timeout_secs=0.5, max_timeout_secs=30.0)
+    slow_user(events, 1.5)
+    assert text(await bounded(b.request("tools/call", call("sample")))) == "sampled: from client"
+    assert [m for m, _ in events.requests] == ["sampling/createMessage"]
+
+    # Once answered, the idle timeout runs again: a silent server times out long before 20 s.
+    with pytest.raises(BackendError) as info:
+        await bounded(b.request("tools/call", call("sample", then_sleep=20)))
+    assert info.value.reason == "timeout"
+    assert len(events.requests) == 2
+
+    # A question never answered still ends at the hard cap.
+    capped, events = await backend(srv.url, timeout_secs=0.5, max_timeout_secs=1.5)
+    slow_user(events, 60)
+    with pytest.raises(BackendError) as info:
+        await bounded(capped.request("tools/call", call("sample")))
+    assert info.value.reason == "timeout"
+    assert [m for m, _ in events.requests] == ["sampling/createMessage"]
+
+
 async def test_tool_timeouts_apply_per_tool(server: ServerFactory, backend: BackendFactory) -> None:
     srv = await server()
     b, _ = await backend(srv.url, tool_timeouts={"hang": 0.2})

@@ -155,12 +155,16 @@ def build_tools(srv: HttpMcpServer) -> MiniServer:
         ctx.notify("notifications/progress", {"progressToken": ctx.progress_token, "progress": 1})  # regress
         return text_result("done")
 
-    @mini.tool("sample", "Ask the client to sample, on the POST stream", any_args)
+    @mini.tool(
+        "sample", "Ask the client to sample, on the POST stream; then sleep arguments.then_sleep s", any_args
+    )
     async def sample(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         res = await ctx.request_client(
             "sampling/createMessage",
             {"messages": [{"role": "user", "content": {"type": "text", "text": "hi"}}], "maxTokens": 5},
         )
+        if args.get("then_sleep"):
+            await asyncio.sleep(float(args["then_sleep"]))  # silent: no progress
         return text_result("sampled: " + str((res.get("content") or {}).get("text")))
 
     @mini.tool("hang", "Never finishes (until cancelled)", any_args)

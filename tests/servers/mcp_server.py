@@ -143,12 +143,18 @@ def build_server(opts: argparse.Namespace) -> FaultyServer:
         content = result.get("content") or {}
         return text_result(str(content.get("text", "")) if isinstance(content, dict) else json.dumps(content))
 
-    @server.tool("elicit", "Ask the user for a name and an age (elicitation/create).", ANY)
+    @server.tool(
+        "elicit",
+        "Ask the user for a name and an age (elicitation/create); then sleep arguments.then_sleep s.",
+        ANY,
+    )
     async def elicit(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         schema = _obj({"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}}, ["name"])
         result = await ctx.request_client(
             "elicitation/create", {"message": "Who are you?", "requestedSchema": schema}
         )
+        if args.get("then_sleep"):
+            await asyncio.sleep(float(args["then_sleep"]))  # silent: no progress
         action = result.get("action")
         if "content" in result:
             return text_result(f"{action} {json.dumps(result['content'], sort_keys=True)}")

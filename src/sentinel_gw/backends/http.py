@@ -165,16 +165,23 @@ class _Deadline:
         self.idle = idle
         self.hard = now + max(cap, idle)
         self.at = min(now + idle, self.hard)
+        self.held = False
 
     def extend(self) -> None:
         self.at = min(time.monotonic() + self.idle, self.hard)
+        self.held = False
+
+    def hold(self) -> None:
+        """The server is waiting for the user: only the hard cap applies until extend()."""
+        self.at = self.hard
+        self.held = True
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "last_progress", "method", "on_progress")
+    __slots__ = ("deadline", "future", "last_progress", "method", "on_progress", "wake")
 
     def __init__(
         self,
@@ -188,6 +195,8 @@ class _Pending:
         self.on_progress = on_progress
         self.deadline = deadline
         self.last_progress: float | None = None
+        # Set when the deadline moves earlier (a question was answered): the waiter recomputes.
+        self.wake: asyncio.Future[None] = future.get_loop().create_future()
 
 
 def _truncate(text: str) -> str:
@@ -280,6 +289,9 @@ class HttpBackend:
         self._stream_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
+        # Questions relayed to the client and not yet answered: while any is open, the server is
+        # waiting for a human, so its calls run against their hard deadline only.
+        self._questions = 0
 
     # -- public contract ---------------------------------------------------------------------
 
@@ -529,6 +541,10 @@ class HttpBackend:
                 on_progress = None
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), method, on_progress, deadline)
+        if self._questions > 0:
+            deadline.hold()
+        elif deadline.held:  # the question was answered between two attempts
+            deadline.extend()
         self._pending[req_id] = pending
         body = jsonrpc.encode(jsonrpc.request(req_id, method, params))
         sender: asyncio.Task[str] | None = asyncio.create_task(
@@ -537,7 +553,7 @@ class HttpBackend:
         # 2026-07-28 over HTTP has no cancel notification: closing the response stream (the
         # sender's connection, in `finally`) is the cancellation.
         announce_cancel = method != "initialize" and route is None
-        waiting: set[asyncio.Future[Any]] = {pending.future, sender}
+        waiting: set[asyncio.Future[Any]] = {pending.future, sender, pending.wake}
         try:
             while True:
                 remaining = deadline.remaining()
@@ -554,6 +570,10 @@ class HttpBackend:
                 await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
                 if pending.future.done():
                     return pending.future.result()
+                if pending.wake.done():
+                    waiting.discard(pending.wake)
+                    pending.wake = loop.create_future()
+                    waiting.add(pending.wake)
                 if sender is not None and sender.done():
                     waiting.discard(sender)
                     outcome = sender.result()  # raises _AttemptError / _SessionExpired
@@ -955,6 +975,8 @@ class HttpBackend:
                     else None
                 )
             )
+            if method != "ping":  # answered at once, never relayed
+                self._question_opened(task)
             return
         if method == "notifications/progress":
             self._on_progress(params)
@@ -972,8 +994,27 @@ class HttpBackend:
         if entry.last_progress is not None and progress <= entry.last_progress:
             return  # MCP requires strictly increasing progress; drop regressions
         entry.last_progress = progress
-        entry.deadline.extend()
+        if self._questions == 0:  # else held at the hard cap until the question is answered
+            entry.deadline.extend()
         entry.on_progress(params)
+
+    def _question_opened(self, task: asyncio.Task[None]) -> None:
+        """A question for the client (elicitation, sampling, roots) is open until `task` ends:
+        the user may take minutes, so every call on this backend waits for its hard deadline
+        only; when the last question ends, the idle timeouts start again from that moment."""
+        self._questions += 1
+        task.add_done_callback(self._question_closed)
+        if self._questions == 1:
+            for entry in self._pending.values():
+                entry.deadline.hold()
+
+    def _question_closed(self, _task: asyncio.Task[None]) -> None:
+        self._questions -= 1
+        if self._questions == 0:
+            for entry in self._pending.values():
+                entry.deadline.extend()
+                if not entry.wake.done():
+                    entry.wake.set_result(None)
 
     async def _answer_server_request(self, req_id: Any, method: str, params: dict[str, Any]) -> None:
         if method == "ping":

@@ -80,10 +80,12 @@ class _Pending:
         self.deadline = deadline  # hard cap: progress never extends past it
         self.timer: asyncio.TimerHandle | None = None
 
-    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+    def arm(self, loop: asyncio.AbstractEventLoop, *, held: bool = False) -> None:
+        """Start the idle timer again; `held` (the child is waiting for the user) arms only the cap."""
         if self.timer is not None:
             self.timer.cancel()
-        self.timer = loop.call_at(min(loop.time() + self.idle, self.deadline), self._expire)
+        at = self.deadline if held else min(loop.time() + self.idle, self.deadline)
+        self.timer = loop.call_at(at, self._expire)
 
     def _expire(self) -> None:
         if not self.future.done():
@@ -151,6 +153,9 @@ class StdioBackend:
         self._supervisor: asyncio.Task[None] | None = None
         self._io_tasks: list[asyncio.Task[Any]] = []
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
+        # Questions relayed to the client and not yet answered: while any is open, the child is
+        # waiting for a human, so its calls run against their hard deadline only.
+        self._questions = 0
         self._drain_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self.modern = False  # speaking 2026-07-28 to this child (decided at each start)
@@ -294,7 +299,7 @@ class StdioBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, self.cfg.max_timeout_secs)
         pending = _Pending(loop.create_future(), method, on_progress, timeout, deadline)
-        pending.arm(loop)
+        pending.arm(loop, held=self._questions > 0)
         self._pending[req_id] = pending
         try:
             self._write(jsonrpc.request(req_id, method, params))
@@ -731,6 +736,8 @@ class StdioBackend:
                     del self._server_requests[req_id]
 
             task.add_done_callback(forget)
+            if method != "ping":  # answered at once, never relayed
+                self._question_opened(task)
             return
         if method == "notifications/progress":
             self._on_progress(params)
@@ -748,9 +755,30 @@ class StdioBackend:
         if entry.last_progress is not None and progress <= entry.last_progress:
             return  # MCP requires strictly increasing progress; drop regressions
         entry.last_progress = progress
-        entry.arm(asyncio.get_running_loop())  # progress is life: restart the idle timer (up to the cap)
+        # progress is life: restart the idle timer (up to the cap)
+        entry.arm(asyncio.get_running_loop(), held=self._questions > 0)
         if entry.on_progress is not None:
             entry.on_progress(params)
+
+    def _question_opened(self, task: asyncio.Task[None]) -> None:
+        """A question for the client (elicitation, sampling, roots) is open until `task` ends:
+        the user may take minutes, so every call on this child waits for its hard deadline only;
+        when the last question ends, the idle timers start again from that moment."""
+        self._questions += 1
+        task.add_done_callback(self._question_closed)
+        if self._questions == 1:
+            self._rearm_all(held=True)
+
+    def _question_closed(self, _task: asyncio.Task[None]) -> None:
+        self._questions -= 1
+        if self._questions == 0:
+            self._rearm_all(held=False)
+
+    def _rearm_all(self, *, held: bool) -> None:
+        loop = asyncio.get_running_loop()
+        for entry in self._pending.values():
+            if not entry.future.done():
+                entry.arm(loop, held=held)
 
     def cancel_server_request(self, req_id: Any) -> None:
         """The child withdrew a request it sent us; the client side is told by the waiter."""
