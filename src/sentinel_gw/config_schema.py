@@ -170,7 +170,8 @@ class BackendConfig:
     max_timeout_secs: float = field(
         default=600.0,
         metadata=doc(
-            "Progress notifications restart a request's timeout, but never beyond this many seconds"
+            "Hard cap on a request: progress notifications and questions to the user extend "
+            "`timeout_secs`, never beyond this many seconds"
         ),
     )
     health_interval_secs: float = field(
@@ -181,7 +182,13 @@ class BackendConfig:
     )
     prefix: str = field(default="", metadata=doc("Exposed names become `<prefix>_<name>`; empty = none"))
     enabled: bool = field(default=True, metadata=doc("false keeps the entry but does not start it"))
-    timeout_secs: float = field(default=60.0, metadata=doc("Per-request timeout"))
+    timeout_secs: float = field(
+        default=60.0,
+        metadata=doc(
+            "Seconds a request may wait for the backend's answer (or progress); paused while the "
+            "backend waits for the user (elicitation, sampling, roots), up to `max_timeout_secs`"
+        ),
+    )
     startup_timeout_secs: float = field(
         default=30.0, metadata=doc("Time allowed for start + initialize; lists wait this long for it")
     )
