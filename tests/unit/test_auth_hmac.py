@@ -14,7 +14,7 @@ import jwt
 import pytest
 
 from sentinel_gw.config_schema import AuthConfig
-from sentinel_gw.policy.auth import AuthError, TokenVerifier
+from sentinel_gw.policy.auth import _DECODE_OPTIONS, AuthError, TokenVerifier
 
 SECRET = "s" * 64
 OTHER = "o" * 64
@@ -28,17 +28,7 @@ CLAIMS = {
     "iss": AUTH.issuer,
     "aud": AUTH.audience,
 }
-OPTIONS = {
-    "verify_signature": True,
-    "verify_exp": False,
-    "verify_nbf": False,
-    "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-    "require": [],
-}
+OPTIONS = _DECODE_OPTIONS  # what the pyjwt-based verification passed (signature only)
 
 
 def make_verifier(algorithms: list[str]) -> TokenVerifier:
