@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -16,6 +17,39 @@ class BackendState(str, enum.Enum):
     FAILED = "failed"  # gave up (restart limit, or a problem a restart cannot fix)
     STOPPED = "stopped"
     DISABLED = "disabled"
+
+
+class OpenQuestions:
+    """Requests a backend sent to the client (elicitation, sampling, roots) and not answered yet.
+
+    While any is open the backend is waiting for a human, who may take minutes, so its calls must
+    not time out for silence: `on_change(True)` when the first question opens, `on_change(False)`
+    when the last one ends (answered, failed or cancelled). Pings are answered at once by the
+    gateway and never count. True while a question is open.
+    """
+
+    __slots__ = ("_on_change", "count")
+
+    def __init__(self, on_change: Callable[[bool], None]) -> None:
+        self.count = 0
+        self._on_change = on_change
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def opened(self, method: str, answering: asyncio.Future[Any]) -> None:
+        """`answering` relays the question and settles when it is over."""
+        if method == "ping":
+            return
+        self.count += 1
+        answering.add_done_callback(self._closed)
+        if self.count == 1:
+            self._on_change(True)
+
+    def _closed(self, _answering: asyncio.Future[Any]) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._on_change(False)
 
 
 class BackendError(jsonrpc.JsonRpcError):

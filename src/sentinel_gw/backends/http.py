@@ -36,7 +36,13 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from sentinel_gw import __version__
-from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
+from sentinel_gw.backends.base import (
+    BackendError,
+    BackendEvents,
+    BackendState,
+    OpenQuestions,
+    ProgressCallback,
+)
 from sentinel_gw.config_schema import BackendConfig
 from sentinel_gw.httpwire import (
     BodyTooLarge,
@@ -291,7 +297,7 @@ class HttpBackend:
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
         # Questions relayed to the client and not yet answered: while any is open, the server is
         # waiting for a human, so its calls run against their hard deadline only.
-        self._questions = 0
+        self._questions = OpenQuestions(self._hold_all)
 
     # -- public contract ---------------------------------------------------------------------
 
@@ -541,7 +547,7 @@ class HttpBackend:
                 on_progress = None
         loop = asyncio.get_running_loop()
         pending = _Pending(loop.create_future(), method, on_progress, deadline)
-        if self._questions > 0:
+        if self._questions:
             deadline.hold()
         elif deadline.held:  # the question was answered between two attempts
             deadline.extend()
@@ -975,8 +981,7 @@ class HttpBackend:
                     else None
                 )
             )
-            if method != "ping":  # answered at once, never relayed
-                self._question_opened(task)
+            self._questions.opened(method, task)
             return
         if method == "notifications/progress":
             self._on_progress(params)
@@ -994,27 +999,21 @@ class HttpBackend:
         if entry.last_progress is not None and progress <= entry.last_progress:
             return  # MCP requires strictly increasing progress; drop regressions
         entry.last_progress = progress
-        if self._questions == 0:  # else held at the hard cap until the question is answered
+        if not self._questions:  # else held at the hard cap until the question is answered
             entry.deadline.extend()
         entry.on_progress(params)
 
-    def _question_opened(self, task: asyncio.Task[None]) -> None:
-        """A question for the client (elicitation, sampling, roots) is open until `task` ends:
-        the user may take minutes, so every call on this backend waits for its hard deadline
-        only; when the last question ends, the idle timeouts start again from that moment."""
-        self._questions += 1
-        task.add_done_callback(self._question_closed)
-        if self._questions == 1:
-            for entry in self._pending.values():
+    def _hold_all(self, held: bool) -> None:
+        """While a question is open (`held`), calls wait for their hard deadline only; after the
+        last one, their idle deadlines start again from now (waiters sleeping until the cap are
+        woken to see it)."""
+        for entry in self._pending.values():
+            if held:
                 entry.deadline.hold()
-
-    def _question_closed(self, _task: asyncio.Task[None]) -> None:
-        self._questions -= 1
-        if self._questions == 0:
-            for entry in self._pending.values():
-                entry.deadline.extend()
-                if not entry.wake.done():
-                    entry.wake.set_result(None)
+                continue
+            entry.deadline.extend()
+            if not entry.wake.done():
+                entry.wake.set_result(None)
 
     async def _answer_server_request(self, req_id: Any, method: str, params: dict[str, Any]) -> None:
         if method == "ping":

@@ -15,7 +15,13 @@ from typing import Any
 
 from sentinel_gw import __version__
 from sentinel_gw.aio import CoalescingWriter
-from sentinel_gw.backends.base import BackendError, BackendEvents, BackendState, ProgressCallback
+from sentinel_gw.backends.base import (
+    BackendError,
+    BackendEvents,
+    BackendState,
+    OpenQuestions,
+    ProgressCallback,
+)
 from sentinel_gw.backends.process import (
     SAFE_ENV,
     ChildProcess,
@@ -155,7 +161,7 @@ class StdioBackend:
         self._server_requests: dict[Any, asyncio.Task[None]] = {}
         # Questions relayed to the client and not yet answered: while any is open, the child is
         # waiting for a human, so its calls run against their hard deadline only.
-        self._questions = 0
+        self._questions = OpenQuestions(self._rearm_all)
         self._drain_task: asyncio.Task[None] | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self.modern = False  # speaking 2026-07-28 to this child (decided at each start)
@@ -299,7 +305,7 @@ class StdioBackend:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, self.cfg.max_timeout_secs)
         pending = _Pending(loop.create_future(), method, on_progress, timeout, deadline)
-        pending.arm(loop, held=self._questions > 0)
+        pending.arm(loop, held=bool(self._questions))
         self._pending[req_id] = pending
         try:
             self._write(jsonrpc.request(req_id, method, params))
@@ -736,8 +742,7 @@ class StdioBackend:
                     del self._server_requests[req_id]
 
             task.add_done_callback(forget)
-            if method != "ping":  # answered at once, never relayed
-                self._question_opened(task)
+            self._questions.opened(method, task)
             return
         if method == "notifications/progress":
             self._on_progress(params)
@@ -756,25 +761,13 @@ class StdioBackend:
             return  # MCP requires strictly increasing progress; drop regressions
         entry.last_progress = progress
         # progress is life: restart the idle timer (up to the cap)
-        entry.arm(asyncio.get_running_loop(), held=self._questions > 0)
+        entry.arm(asyncio.get_running_loop(), held=bool(self._questions))
         if entry.on_progress is not None:
             entry.on_progress(params)
 
-    def _question_opened(self, task: asyncio.Task[None]) -> None:
-        """A question for the client (elicitation, sampling, roots) is open until `task` ends:
-        the user may take minutes, so every call on this child waits for its hard deadline only;
-        when the last question ends, the idle timers start again from that moment."""
-        self._questions += 1
-        task.add_done_callback(self._question_closed)
-        if self._questions == 1:
-            self._rearm_all(held=True)
-
-    def _question_closed(self, _task: asyncio.Task[None]) -> None:
-        self._questions -= 1
-        if self._questions == 0:
-            self._rearm_all(held=False)
-
-    def _rearm_all(self, *, held: bool) -> None:
+    def _rearm_all(self, held: bool) -> None:
+        """While a question is open (`held`), calls wait for their hard deadline only; after the
+        last one, their idle timers start again from now."""
         loop = asyncio.get_running_loop()
         for entry in self._pending.values():
             if not entry.future.done():
