@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sentinel_gw.protocol.jsonenc import json_encoder
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -29,7 +31,8 @@ REQUEST_TIMEOUT = -32008
 
 JsonId = str | int
 
-_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# Built once (json.JSONEncoder.encode builds its C encoder anew on every message): the pure path.
+_encode = json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _decode = json.JSONDecoder().decode
 
 # Optional orjson (see sentinel_gw.accel), confined to what it does exactly like the stdlib:
@@ -123,7 +126,7 @@ def encode(message: Any) -> bytes:
         except _fast_errors:
             pass  # not representable by orjson exactly as by the stdlib: the stdlib decides
     try:
-        return (_encoder.encode(message) + "\n").encode("utf-8")
+        return (_encode(message) + "\n").encode("utf-8")
     except (ValueError, UnicodeEncodeError):
         return (_tolerant.encode(_finite(message)) + "\n").encode("ascii")
 
