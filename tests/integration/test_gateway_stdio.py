@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -493,3 +494,35 @@ def test_version_flag():
     assert out.stdout.startswith("sentinel-gw ")
     assert sys.executable
     assert Path(__file__).exists()
+
+
+@pytest.mark.parametrize("accel", ["0", "loop"])
+def test_stdin_and_stdout_as_regular_files(make_config, tmp_path, accel):
+    # Files are no pipes: the front reads stdin in a thread and writes stdout directly. (uvloop
+    # aborted the whole process on `serve < file`, `> file` or `> /dev/null`; the stdlib loop
+    # refused them.) Every request is answered before the gateway exits at the end of input.
+    cfg = make_config([backend("a")])
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "f", "version": "1"}}
+    call = {"name": "echo", "arguments": {"message": "from a file"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": call},
+    ]
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    requests.write_text("".join(json.dumps(m) + "\n" for m in lines))
+    with requests.open("rb") as stdin, answers.open("wb") as stdout:
+        done = subprocess.run(
+            [*GATEWAY, "serve", "--config", str(cfg)],
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env=gateway_env(tmp_path, SENTINEL_GW_ACCEL=accel),
+            timeout=60,
+            check=False,
+        )
+    log = done.stderr.decode()[-2000:]
+    assert done.returncode == 0, log
+    replies = {r.get("id"): r for r in map(json.loads, answers.read_text().splitlines())}
+    assert replies[1]["result"]["serverInfo"]["name"] == "sentinel-gw", log
+    assert "from a file" in json.dumps(replies[2]["result"]), log

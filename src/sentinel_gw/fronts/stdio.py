@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import IO, Any
 
 from sentinel_gw.aio import CoalescingWriter, small_reads
@@ -63,8 +64,19 @@ class _PipeWriter:
         self.transport.close()
 
 
+def _watchable(stream: IO[bytes]) -> bool:
+    """A pipe or a socket: what the event loop can watch. Anything else (a regular file, a
+    terminal, /dev/null) is read in a thread and written directly: the stdlib loop refuses regular
+    files, and uvloop aborts the whole process on a file or a character device."""
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 class _FileWriter:
-    """stdout redirected to a regular file: writes cannot block, so plain writes will do."""
+    """stdout that is no pipe (a regular file, a terminal, /dev/null): plain writes."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -90,30 +102,39 @@ class _FileWriter:
 
 
 async def _open_writer(stream: IO[bytes]) -> _PipeWriter | _FileWriter:
+    if not _watchable(stream):
+        return _FileWriter(os.dup(stream.fileno()))
     loop = asyncio.get_running_loop()
     # A dup keeps closing the transport from closing the process's own fd 1.
-    fd = os.dup(stream.fileno())
-    fileobj = os.fdopen(fd, "wb", buffering=0)
+    fileobj = os.fdopen(os.dup(stream.fileno()), "wb", buffering=0)
     try:
         transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, fileobj)
     except ValueError:
+        fileobj.close()
         return _FileWriter(os.dup(stream.fileno()))
     return _PipeWriter(transport, protocol)
 
 
-async def _chunks(stream: IO[bytes]) -> Any:
+async def _file_chunks(stream: IO[bytes]) -> AsyncIterator[bytes]:
+    """Chunks of a stdin that is no pipe (see _watchable), read in a thread."""
+    loop = asyncio.get_running_loop()
+    read = stream.read1 if hasattr(stream, "read1") else stream.read
+    while data := await loop.run_in_executor(None, read, _READ_CHUNK):
+        yield data
+
+
+async def _chunks(stream: IO[bytes]) -> AsyncIterator[bytes]:
     """Async chunks of stdin: a pipe transport when possible, a thread for files."""
+    if not _watchable(stream):
+        async for data in _file_chunks(stream):
+            yield data
+        return
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_READ_CHUNK)
     try:
         transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stream)
     except (ValueError, OSError):
-        while True:
-            data = await loop.run_in_executor(
-                None, stream.read1 if hasattr(stream, "read1") else stream.read, _READ_CHUNK
-            )
-            if not data:
-                return
+        async for data in _file_chunks(stream):
             yield data
     else:
         small_reads(transport)
@@ -157,14 +178,11 @@ async def _feed_chunks(stream: IO[bytes], on_chunk: Callable[[bytes], None]) -> 
     loop = asyncio.get_running_loop()
     protocol = _ChunkProtocol(on_chunk)
     try:
+        if not _watchable(stream):
+            raise ValueError("not a pipe")
         transport, _ = await loop.connect_read_pipe(lambda: protocol, stream)
     except (ValueError, OSError):
-        while True:
-            data = await loop.run_in_executor(
-                None, stream.read1 if hasattr(stream, "read1") else stream.read, _READ_CHUNK
-            )
-            if not data:
-                return
+        async for data in _file_chunks(stream):
             try:
                 on_chunk(data)
             except _Stop:
