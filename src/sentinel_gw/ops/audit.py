@@ -561,6 +561,15 @@ def _filter(
     )
 
 
+def sql_where(conditions: Iterable[tuple[str, object]], mark: str) -> tuple[str, list[Any]]:
+    """`audit query` filters for an SQL sink: (" WHERE subject = ? AND ...", params) from
+    ("column operator", value) pairs, leaving out those whose value is None; `mark` is the
+    driver's placeholder."""
+    used = [(test, value) for test, value in conditions if value is not None]
+    clause = " WHERE " + " AND ".join(f"{test} {mark}" for test, _ in used) if used else ""
+    return clause, [value for _, value in used]
+
+
 # SQLite --------------------------------------------------------------------------------------
 
 _COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(AuditEvent))
@@ -779,21 +788,10 @@ class SqliteSink(ThreadedSink):
         since: str | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        where: list[str] = []
-        params: list[Any] = []
-        if subject is not None:
-            where.append("subject = ?")
-            params.append(subject)
-        if tool is not None:
-            where.append("tool GLOB ?")
-            params.append(tool)
-        if status is not None:
-            where.append("status = ?")
-            params.append(status)
-        if since is not None:
-            where.append("time >= ?")
-            params.append(since)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT ?"
+        where, params = sql_where(
+            (("subject =", subject), ("tool GLOB", tool), ("status =", status), ("time >=", since)), "?"
+        )
+        sql = _SELECT + where + " ORDER BY seq DESC LIMIT ?"
         params.append(max(0, limit))
         conn = self._reader()
         try:

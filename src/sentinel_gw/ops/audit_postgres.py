@@ -55,6 +55,7 @@ from sentinel_gw.ops.audit import (
     ThreadedSink,
     _rfc3339,
     _Worker,
+    sql_where,
 )
 
 if TYPE_CHECKING:
@@ -526,24 +527,14 @@ class PostgresSink(ThreadedSink):
         since: str | None = None,
         limit: int = 100,
     ) -> list[AuditEvent]:
-        where: list[str] = []
-        params: list[Any] = []
-        if subject is not None:
-            where.append("subject = %s")
-            params.append(subject)
-        if tool is not None:
-            where.append("tool ~ %s")
-            params.append(_glob_regex(tool))
-        if status is not None:
-            where.append("status = %s")
-            params.append(status)
-        if since is not None:
-            when = _parse_time(since)
-            if when is None:
-                raise AuditError(f"--since: not a time: {since!r}")
-            where.append("time >= %s")
-            params.append(when)
-        sql = _SELECT + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY seq DESC LIMIT %s"
+        when = None if since is None else _parse_time(since)
+        if since is not None and when is None:
+            raise AuditError(f"--since: not a time: {since!r}")
+        regex = None if tool is None else _glob_regex(tool)
+        where, params = sql_where(
+            (("subject =", subject), ("tool ~", regex), ("status =", status), ("time >=", when)), "%s"
+        )
+        sql = _SELECT + where + " ORDER BY seq DESC LIMIT %s"
         params.append(max(0, limit))
         conn = self._reader()
         failure: AuditError | None = None
