@@ -21,6 +21,8 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CONFIG = 2
 
+DEFAULT_INIT_TTL = "90d"  # lifetime of the admin token `init` writes
+
 DESCRIPTION = """\
 sentinel-gw: an MCP security gateway. It stands between MCP clients (Claude Code, mcporter,
 any MCP client) and the MCP servers they use, adding authentication, role-based access, rate
@@ -193,9 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
     a = audit_sub.add_parser("export", help="every event as JSON lines")
     a.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
 
-    from sentinel_gw.setup_cmds import add_parsers
+    p = sub.add_parser(
+        "init",
+        help="write sentinel.toml and .env (secret + admin token) to start from",
+        description="Write sentinel.toml (the shipped example, only the demo backend enabled) and "
+        ".env (mode 0600) with a random signing secret and an admin token. Existing files are "
+        "never replaced without --force.",
+    )
+    p.add_argument("--dir", default=".", metavar="D", help="where to write them (default: current directory)")
+    p.add_argument("--force", action="store_true", help="replace existing files (old tokens stop working)")
+    p.add_argument("--subject", default="admin", help="subject of the admin token (default: admin)")
+    p.add_argument(
+        "--ttl", default=DEFAULT_INIT_TTL, help=f"admin token lifetime (default {DEFAULT_INIT_TTL})"
+    )
 
-    add_parsers(sub)  # init, doctor
+    p = sub.add_parser(
+        "doctor",
+        help="check a set-up: config, secrets, auth, backends, audit, kill file",
+        description="Check everything the gateway needs, one line per check (OK, WARN, FAIL, "
+        "SKIP) with what to fix. Starts each backend and lists its tools. Never prints secrets. "
+        "Exit 1 if any check fails.",
+    )
+    _add_config_args(p)
+    p.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for each backend (default 20)"
+    )
+    p.add_argument("--verbose", action="store_true", help="also show the gateway's log lines")
     return parser
 
 
@@ -626,6 +651,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(verbose=args.verbose))
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from sentinel_gw.setup_cmds import cmd_init as init
+
+    return init(args)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sentinel_gw.setup_cmds import cmd_doctor as doctor
+
+    return doctor(args)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "bridge": cmd_bridge,
@@ -636,6 +673,8 @@ COMMANDS = {
     "revive": cmd_revive,
     "explain": cmd_explain,
     "audit": cmd_audit,
+    "init": cmd_init,
+    "doctor": cmd_doctor,
 }
 
 
@@ -655,7 +694,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
-    handler = COMMANDS.get(args.command) or args.func
+    handler = COMMANDS[args.command]
     try:
         return int(handler(args))
     except KeyboardInterrupt:

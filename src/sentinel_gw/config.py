@@ -14,22 +14,29 @@ import dataclasses
 import difflib
 import ipaddress
 import json
-import logging
 import math
 import os
 import re
 import shlex
-import stat
 import sys
 import types
 import typing
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, Union, get_args, get_origin
 
+from sentinel_gw.config_files import (
+    ConfigError,
+    absolute_path,
+    config_dir,
+    env_file_warnings,
+    environment_for,
+    find_config_path,
+    load_env_file,
+    read_toml,
+)
 from sentinel_gw.config_schema import (
     AuditConfig,
     AuthConfig,
@@ -45,11 +52,6 @@ from sentinel_gw.config_schema import (
     RoleConfig,
     TlsConfig,
 )
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on 3.10
-    import tomli as tomllib
 
 __all__ = [
     "ALGORITHMS",
@@ -68,8 +70,6 @@ __all__ = [
     "resolve_path",
     "summarize",
 ]
-
-log = logging.getLogger("sentinel_gw.config")
 
 HMAC_ALGORITHMS: tuple[str, ...] = ("HS256", "HS384", "HS512")
 ASYMMETRIC_ALGORITHMS: tuple[str, ...] = (
@@ -195,40 +195,6 @@ _LEGACY_HINTS: Mapping[tuple[type, str], str] = {
     (KillSwitchConfig, "disabled_tools"): "renamed to 'tools' (glob patterns)",
     (KillSwitchConfig, "disabled_backends"): "renamed to 'backends' (glob patterns)",
 }
-
-
-class ConfigError(Exception):
-    """A configuration problem: which file, which key (dotted path), why.
-
-    When several problems were found, this is the first one and `errors` holds them all.
-    """
-
-    def __init__(
-        self,
-        file: str,
-        key: str,
-        reason: str,
-        *,
-        line: int | None = None,
-        others: Sequence[ConfigError] = (),
-    ) -> None:
-        super().__init__(file, key, reason)
-        self.file = file
-        self.key = key
-        self.reason = reason
-        self.line = line
-        self.others: tuple[ConfigError, ...] = tuple(others)
-
-    @property
-    def errors(self) -> tuple[ConfigError, ...]:
-        return (self, *self.others)
-
-    def one_line(self) -> str:
-        where = self.file + (f":{self.line}" if self.line is not None else "")
-        return ": ".join([p for p in (where, self.key) if p] + [self.reason])
-
-    def __str__(self) -> str:
-        return "\n".join(e.one_line() for e in self.errors)
 
 
 class _Errors:
@@ -837,22 +803,9 @@ _CLASS_CHECKS: Mapping[type, Callable[[Any, str, _Errors], None]] = {
 # Paths
 
 
-def _expand_home(value: str, environ: Mapping[str, str] | None) -> str:
-    if value != "~" and not value.startswith("~/"):
-        return value
-    env = os.environ if environ is None else environ
-    home = env.get("HOME") or str(Path.home())
-    return home + value[1:]
-
-
 def resolve_path(cfg: Config, value: str, *, environ: Mapping[str, str] | None = None) -> str:
-    """`value` as an absolute path: `~` is the home directory, relative means relative to the
-    config file's directory (never the CWD, which is the client's project for stdio clients).
-    Empty stays empty (it means "the default" wherever it is allowed)."""
-    if not value:
-        return value
-    expanded = _expand_home(value, environ)
-    return os.path.normpath(os.path.join(cfg.base_dir, expanded))
+    """`value` as an absolute path (see `absolute_path`), relative to the config file's directory."""
+    return absolute_path(value, cfg.base_dir, environ)
 
 
 def _resolve_paths(obj: Any, cfg: Config, environ: Mapping[str, str] | None) -> Any:
@@ -901,158 +854,7 @@ def load_config(path: str | os.PathLike[str], *, environ: Mapping[str, str] | No
     """Read and validate a TOML config file. Does not read any secret from `environ` (it is used
     only to expand `~` in paths): loading must work before the secrets are provided."""
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(name, "", "file not found") from None
-    except OSError as e:
-        raise ConfigError(name, "", f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "not valid UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(name, "", f"invalid TOML: {e}") from None
-    return parse_config(data, source=name, base_dir=os.path.dirname(os.path.abspath(name)), environ=environ)
-
-
-def find_config_path(explicit: str | None, environ: Mapping[str, str] | None = None) -> Path:
-    """The config file to use: `explicit` (--config), else $SENTINEL_CONFIG, else ./sentinel.toml,
-    else $XDG_CONFIG_HOME/sentinel-gw/sentinel.toml (default ~/.config/...). An explicit choice
-    that does not exist is an error, never a silent fallback to another file."""
-    env = os.environ if environ is None else environ
-    if explicit:
-        p = Path(_expand_home(explicit, env))
-        if not p.is_file():
-            raise ConfigError(explicit, "", "config file not found (given with --config)")
-        return p
-    from_env = env.get("SENTINEL_CONFIG")
-    if from_env:
-        p = Path(_expand_home(from_env, env))
-        if not p.is_file():
-            raise ConfigError(from_env, "", "config file not found (named by SENTINEL_CONFIG)")
-        return p
-    xdg = env.get("XDG_CONFIG_HOME", "")
-    # The XDG spec says relative values are invalid and must be ignored.
-    config_home = Path(xdg) if xdg and os.path.isabs(xdg) else Path(_expand_home("~", env)) / ".config"
-    candidates = [Path.cwd() / "sentinel.toml", config_home / "sentinel-gw" / "sentinel.toml"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    looked = ", ".join(str(c) for c in candidates)
-    raise ConfigError(
-        "",
-        "",
-        "no configuration file found; looked at --config (not given), $SENTINEL_CONFIG (not set), "
-        f"{looked}. Pass --config PATH or create one from sentinel.toml.example",
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# .env files
-
-_ENV_LINE = re.compile(r"(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)[ \t]*=[ \t]*(.*)")
-_DQ_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
-
-
-def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Parse KEY=VALUE lines. `export ` prefixes, `#` comments, 'single' (literal) and "double"
-    (with \\n \\t \\r \\" \\\\ escapes) quotes. No `$VAR` interpolation: values are taken as written.
-    A later assignment of the same key wins, as with `source`."""
-    name = os.fspath(path)
-    try:
-        text = Path(name).read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(name, "", "env file not found") from None
-    except OSError as e:
-        raise ConfigError(name, "", f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "not valid UTF-8") from None
-    result: dict[str, str] = {}
-    # split("\n") rather than splitlines(): the latter also breaks on \f, \x1c, U+2028 ...
-    for lineno, raw in enumerate(text.split("\n"), 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        m = _ENV_LINE.fullmatch(line)
-        if m is None:
-            raise ConfigError(name, "", "expected KEY=VALUE (KEY from [A-Za-z_][A-Za-z0-9_]*)", line=lineno)
-        key, rest = m.groups()
-        value = _env_value(rest, name, lineno, key)
-        if "\x00" in value:
-            raise ConfigError(name, key, "value contains a NUL character", line=lineno)
-        result[key] = value
-    return result
-
-
-def _env_value(rest: str, file: str, lineno: int, key: str) -> str:
-    def after_quote(tail: str) -> None:
-        tail = tail.strip()
-        if tail and not tail.startswith("#"):
-            raise ConfigError(file, key, "unexpected text after the closing quote", line=lineno)
-
-    if rest.startswith("'"):
-        end = rest.find("'", 1)
-        if end < 0:
-            raise ConfigError(file, key, "unterminated single quote", line=lineno)
-        after_quote(rest[end + 1 :])
-        return rest[1:end]
-    if rest.startswith('"'):
-        out: list[str] = []
-        i = 1
-        while i < len(rest):
-            c = rest[i]
-            if c == "\\" and i + 1 < len(rest):
-                nxt = rest[i + 1]
-                out.append(_DQ_ESCAPES.get(nxt, "\\" + nxt))
-                i += 2
-                continue
-            if c == '"':
-                after_quote(rest[i + 1 :])
-                return "".join(out)
-            out.append(c)
-            i += 1
-        raise ConfigError(file, key, "unterminated double quote", line=lineno)
-    comment = re.search(r"\s#", rest)
-    if comment:
-        rest = rest[: comment.start()]
-    return rest.strip()
-
-
-def env_file_warnings(path: str | os.PathLike[str]) -> list[str]:
-    """Problems with how an env file is protected (it holds secrets)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return []
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        return [
-            f"{os.fspath(path)}: readable by group/others (mode {stat.S_IMODE(mode):04o}) but it holds "
-            f"secrets; run: chmod 600 {shlex.quote(os.fspath(path))}"
-        ]
-    return []
-
-
-def environment_for(
-    config_path: str | os.PathLike[str],
-    env_file: str | None,
-    environ: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """The environment the gateway runs with: the env file's variables overlaid by the process
-    environment (an exported variable always wins). The file is `env_file` when given (it must
-    exist), else `.env` next to the config file if there is one. Never the CWD or a parent
-    directory: for stdio clients the CWD is the user's project, whose `.env` is not ours."""
-    env = dict(os.environ if environ is None else environ)
-    if env_file:
-        file: str | None = env_file
-    else:
-        candidate = os.path.join(os.path.dirname(os.path.abspath(os.fspath(config_path))), ".env")
-        file = candidate if os.path.isfile(candidate) else None
-    if file is None:
-        return env
-    values = load_env_file(file)
-    for warning in env_file_warnings(file):
-        log.warning("%s", warning)
-    return {**values, **env}
+    return parse_config(read_toml(name), source=name, base_dir=config_dir(name), environ=environ)
 
 
 # --------------------------------------------------------------------------------------------

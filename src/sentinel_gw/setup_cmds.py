@@ -9,7 +9,7 @@ hands to the client as its `SENTINEL_TOKEN`). It never overwrites either file wi
 (OK/WARN/FAIL/SKIP) with what to fix; it exits 1 if anything FAILs. It never prints a secret
 or a token.
 
-cli.py registers both through `add_parsers(subparsers)`; the handlers take these Namespaces:
+cli.py defines both commands' options and calls the handlers with these Namespaces:
   init:   dir (str), force (bool), subject (str), ttl (str)
   doctor: config (str | None), env_file (str | None), timeout (float), verbose (bool)
 """
@@ -33,6 +33,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sentinel_gw.cli import DEFAULT_INIT_TTL
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised only on 3.10
@@ -45,7 +47,6 @@ EXAMPLE_RESOURCE = "data/sentinel.toml.example"
 CONFIG_NAME = "sentinel.toml"
 ENV_NAME = ".env"
 DEMO_BACKEND = "demo"
-DEFAULT_TOKEN_TTL = "90d"  # noqa: S105 - a duration, not a secret
 MIN_SECRET_BYTES = 32
 _PLACEHOLDERS = ("change-me", "changeme", "replace-me", "your-secret", "secret", "xxx", "todo")
 
@@ -192,7 +193,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     force = bool(getattr(args, "force", False))
     subject = getattr(args, "subject", None) or "admin"
     try:
-        ttl = parse_duration(getattr(args, "ttl", None) or DEFAULT_TOKEN_TTL)
+        ttl = parse_duration(getattr(args, "ttl", None) or DEFAULT_INIT_TTL)
     except ValueError as exc:
         print(f"sentinel-gw init: --ttl: {exc}", file=sys.stderr)
         return 2
@@ -553,7 +554,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = Report()
     env_file = getattr(args, "env_file", None)
     try:
-        path = find_config_path(getattr(args, "config", None), os.environ)
+        path = Path(find_config_path(getattr(args, "config", None), os.environ))
         print(f"sentinel-gw doctor: {path.resolve()}")
         environ = environment_for(path, env_file, os.environ)
         config = load_config(path, environ=environ)
@@ -612,52 +613,3 @@ def _summary(report: Report) -> int:
 
 # --------------------------------------------------------------------------------------------
 # argparse wiring
-
-
-def add_parsers(subparsers: Any) -> None:
-    """Register `init` and `doctor` on cli.py's subparsers; each sets `func` to its handler."""
-    p = subparsers.add_parser(
-        "init",
-        help="write sentinel.toml and .env (secret + admin token) to start from",
-        description="Write sentinel.toml (the shipped example, only the demo backend enabled) and "
-        ".env (mode 0600) with a random signing secret and an admin token. Existing files are "
-        "never replaced without --force.",
-    )
-    p.add_argument("--dir", default=".", metavar="D", help="where to write them (default: current directory)")
-    p.add_argument("--force", action="store_true", help="replace existing files (old tokens stop working)")
-    p.add_argument("--subject", default="admin", help="subject of the admin token (default: admin)")
-    p.add_argument(
-        "--ttl", default=DEFAULT_TOKEN_TTL, help=f"admin token lifetime (default {DEFAULT_TOKEN_TTL})"
-    )
-    p.set_defaults(func=cmd_init)
-
-    p = subparsers.add_parser(
-        "doctor",
-        help="check a set-up: config, secrets, auth, backends, audit, kill file",
-        description="Check everything the gateway needs, one line per check (OK, WARN, FAIL, "
-        "SKIP) with what to fix. Starts each backend and lists its tools. Never prints secrets. "
-        "Exit 1 if any check fails.",
-    )
-    p.add_argument("--config", "-c", metavar="PATH", help="config file (default: the usual search)")
-    p.add_argument(
-        "--env-file",
-        metavar="PATH",
-        help="read environment variables from this file (default: .env next to the config)",
-    )
-    p.add_argument(
-        "--timeout", type=float, default=20.0, help="seconds to wait for each backend (default 20)"
-    )
-    p.add_argument("--verbose", action="store_true", help="also show the gateway's log lines")
-    p.set_defaults(func=cmd_doctor)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry (`python -m sentinel_gw.setup_cmds init ...`), until cli.py wires it."""
-    parser = argparse.ArgumentParser(prog="sentinel-gw")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,7 +3,6 @@ add-mcp.sh (the JSON it registers with Claude Code carries the token, never the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -23,31 +22,17 @@ ADD_MCP = ROOT / "add-mcp.sh"
 SETUP = ROOT / "scripts" / "setup.sh"
 
 
-def init_doctor_wired() -> bool:
-    """Whether cli.py registers `init` and `doctor` (setup_cmds.add_parsers) yet."""
-    from sentinel_gw import cli
-
-    parser = cli.build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return "init" in action.choices and "doctor" in action.choices
-    return False
-
-
 def make_bin(directory: Path) -> Path:
-    """A bin directory with a `sentinel-gw` that runs this checkout with this interpreter.
-    (init/doctor go to setup_cmds directly while cli.py does not register them yet.)"""
+    """A bin directory with a `sentinel-gw` that runs this checkout with this interpreter, through
+    the same entry point as the installed command."""
     directory.mkdir(parents=True, exist_ok=True)
     shim = directory / "sentinel-gw"
     shim.write_text(
         textwrap.dedent(f"""\
             #!{sys.executable}
-            import sys
-            from sentinel_gw import cli, setup_cmds
+            from sentinel_gw.__main__ import main
 
-            if sys.argv[1:2] in (["init"], ["doctor"]) and {not init_doctor_wired()!r}:
-                raise SystemExit(setup_cmds.main(sys.argv[1:]))
-            raise SystemExit(cli.main())
+            raise SystemExit(main())
             """),
         encoding="utf-8",
     )

@@ -249,9 +249,7 @@ def test_pip_install_into_fresh_venv(tmp_path: Path) -> None:
     assert out.stdout == (ROOT / "sentinel.toml.example").read_text(encoding="utf-8")
     out = subprocess.run(
         [
-            str(venv / "bin" / "python"),
-            "-m",
-            "sentinel_gw.setup_cmds",
+            str(exe),
             "init",
             "--dir",
             str(tmp_path / "cfg"),
@@ -265,9 +263,7 @@ def test_pip_install_into_fresh_venv(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     out = subprocess.run(
         [
-            str(venv / "bin" / "python"),
-            "-m",
-            "sentinel_gw.setup_cmds",
+            str(exe),
             "doctor",
             "--config",
             str(tmp_path / "cfg" / "sentinel.toml"),

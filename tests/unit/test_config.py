@@ -635,14 +635,14 @@ def test_find_config_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     in_home = write(home / ".config" / "sentinel-gw", "")
     env = {"SENTINEL_CONFIG": str(from_env), "XDG_CONFIG_HOME": str(xdg), "HOME": str(home)}
 
-    assert find_config_path(str(explicit), env) == explicit
-    assert find_config_path(None, env) == from_env
+    assert find_config_path(str(explicit), env) == str(explicit)
+    assert find_config_path(None, env) == str(from_env)
     del env["SENTINEL_CONFIG"]
-    assert find_config_path(None, env) == local
+    assert find_config_path(None, env) == str(local)
     local.unlink()
-    assert find_config_path(None, env) == in_xdg
+    assert find_config_path(None, env) == str(in_xdg)
     del env["XDG_CONFIG_HOME"]
-    assert find_config_path(None, env) == in_home
+    assert find_config_path(None, env) == str(in_home)
     in_home.unlink()
     with pytest.raises(ConfigError) as info:
         find_config_path(None, env)
