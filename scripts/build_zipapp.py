@@ -7,9 +7,9 @@ Called by scripts/build-zipapp.sh; usable on its own:
 The archive holds src/sentinel_gw (without __pycache__) plus sentinel.toml.example as package
 data, the pure-Python wheels pinned with
 hashes in scripts/zipapp-requirements.txt (pyjwt; tomli for Python 3.10),
-the licenses, and a __main__.py calling sentinel_gw.cli:main. It is written with zipfile
-directly: sorted entries, one fixed timestamp ($SOURCE_DATE_EPOCH, else 1980-01-01), fixed
-permissions (0644), deflate level 9, no directory entries, no bytecode.
+the licenses, and a __main__.py calling sentinel_gw.__main__:main (as the command does). It is
+written with zipfile directly: sorted entries, one fixed timestamp ($SOURCE_DATE_EPOCH, else
+1980-01-01), fixed permissions (0644), deflate level 9, no directory entries, no bytecode.
 
 Wheels are looked for in --wheel-dir (default $SENTINEL_WHEEL_DIR, else build/zipapp-wheels) and
 downloaded there with `pip download --require-hashes` only when missing; every wheel's sha256 is
@@ -66,7 +66,7 @@ if sys.version_info < (3, 11):
         finally:
             del sys.modules["typing_extensions"]
 
-from sentinel_gw.cli import main
+from sentinel_gw.__main__ import main
 
 raise SystemExit(main())
 """

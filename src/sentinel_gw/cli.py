@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import subprocess
 
     from sentinel_gw.config_schema import Config
+    from sentinel_gw.early import EarlyLaunches
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -261,7 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # authenticated (their handshake waits for the client's initialize, read after auth). The
     # stdio token is no boundary against the OS user who starts us: that user can read the same
     # env file and run the backends directly. See docs/SECURITY.md.
-    prespawned = _prespawn(config, environ)
+    prespawned = _prespawn(config, environ, args.early_launches)
     try:
         return _serve_with(args, path, config, environ, admin_token=admin_token, prespawned=prespawned)
     finally:
@@ -272,8 +273,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prespawned.clear()
 
 
-def _prespawn(config: Config, environ: Mapping[str, str]) -> dict[str, subprocess.Popen[bytes]]:
-    """Launch every enabled stdio backend now, before the event loop exists (see cmd_serve). One
+def _prespawn(
+    config: Config, environ: Mapping[str, str], early: EarlyLaunches | None
+) -> dict[str, subprocess.Popen[bytes]]:
+    """Launch every enabled stdio backend now, before the event loop exists (see cmd_serve),
+    adopting the child `early` launched for it when it was launched exactly so (early.py). One
     that cannot be launched is left out: its backend reports the error when it starts, as always."""
     from sentinel_gw.backends.process import SpawnError, launch, launch_spec
 
@@ -282,9 +286,13 @@ def _prespawn(config: Config, environ: Mapping[str, str]) -> dict[str, subproces
         if cfg.type != "stdio" or not cfg.enabled:
             continue
         try:
-            launched[cfg.name] = launch(launch_spec(cfg, environ, config.base_dir))
+            spec = launch_spec(cfg, environ, config.base_dir)
+            adopted = early.take(spec) if early is not None else None
+            launched[cfg.name] = adopted or launch(spec)
         except SpawnError:
             continue
+    if early is not None:
+        early.discard()  # launched for a backend the validated config does not start
     return launched
 
 
@@ -678,7 +686,9 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, early: EarlyLaunches | None = None) -> int:
+    """The command line. `early`: the stdio backends `serve` launched before this module was
+    imported (see __main__.py and early.py); whatever `serve` does not adopt, the caller kills."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["demo-server"]:
         # Internal: how the demo starts its backend, so it also works from the zipapp.
@@ -694,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
+    if args.command == "serve":
+        args.early_launches = early
     handler = COMMANDS[args.command]
     try:
         return int(handler(args))

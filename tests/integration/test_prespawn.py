@@ -199,3 +199,91 @@ def test_backends_are_launched_before_the_heavy_imports(tmp_path: Path) -> None:
         [sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_early_launch_imports_nothing_heavy(tmp_path: Path) -> None:
+    """`serve` launches its backends from the raw config before the CLI, the schema (dataclasses),
+    argparse, logging or pathlib are imported (early.py): only what reading TOML and forking need."""
+    code = (
+        "import sys\n"
+        "from sentinel_gw.early import launch_early\n"
+        "early = launch_early(['serve', '--config', sys.argv[1]])\n"
+        "heavy = ('argparse', 'dataclasses', 'pathlib', 'logging', 'asyncio', 'jwt', 'ssl', 'json',\n"
+        "         'sentinel_gw.cli', 'sentinel_gw.config', 'sentinel_gw.config_schema')\n"
+        "print(len(early), sorted(m for m in heavy if m in sys.modules))\n"
+        "early.discard()\n"
+    )
+    marker = f"sentinel-early-{secrets.token_hex(8)}"
+    cfg = tmp_path / "sentinel.toml"
+    cfg.write_text(render_config([recording_backend("one", tmp_path, marker)]))
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(cfg)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "1 []", done.stdout + done.stderr
+    assert processes_with(marker) == []
+
+
+@pytest.mark.parametrize("accel", ACCEL)
+async def test_a_config_that_fails_validation_leaves_no_backend(
+    make_config, tmp_path: Path, accel: str
+) -> None:
+    """The early launch reads only the backends: the rest of the config may be invalid. The
+    gateway reports the error and the children launched from it are killed before one byte."""
+    marker = f"sentinel-early-{secrets.token_hex(8)}"
+    cfg = make_config(
+        [recording_backend("one", tmp_path, marker), recording_backend("two", tmp_path, marker)],
+        extra="[gateway]\nno_such_key = 1\n",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *GATEWAY,
+        "serve",
+        "--config",
+        str(cfg),
+        env=gateway_env(tmp_path, SENTINEL_GW_ACCEL=accel),
+        stdin=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    log = err.decode("utf-8", "replace")
+    assert proc.returncode == 2, log
+    assert "gateway.no_such_key" in log, log
+    for name in ("one", "two"):
+        (pid,) = pid_lines(tmp_path / f"{name}.pids")  # launched early, exactly once
+        assert not alive(pid), f"backend {name} (pid {pid}) outlived the gateway"
+        assert (tmp_path / f"{name}.in").read_bytes() == b""  # not one byte reached it
+    assert processes_with(marker) == []
+
+
+def test_serve_adopts_only_an_identical_early_child(tmp_path: Path) -> None:
+    """`_prespawn` adopts an early child only when its launch spec equals the validated config's;
+    one launched differently, and one for a backend the config does not start, are killed and
+    reaped (the differing one before its backend is launched again)."""
+    from sentinel_gw.backends.process import launch as real_launch
+    from sentinel_gw.cli import _prespawn
+    from sentinel_gw.config import load_config
+    from sentinel_gw.early import EarlyLaunches
+
+    sleeper = {"type": "stdio", "command": sys.executable, "args": ["-c", "import time; time.sleep(60)"]}
+    path = tmp_path / "sentinel.toml"
+    path.write_text(render_config([{"name": "same", **sleeper}, {"name": "changed", **sleeper}]))
+    environ = {"PATH": os.environ["PATH"]}
+    config = load_config(path, environ=environ)
+    specs = {b.name: launch_spec(b, environ, config.base_dir) for b in config.backends}
+    early = EarlyLaunches()
+    kept = real_launch(specs["same"])
+    early.add(specs["same"], kept)
+    stale = real_launch(specs["changed"]._replace(env={**specs["changed"].env, "OLD": "1"}))
+    early.add(specs["changed"]._replace(env={**specs["changed"].env, "OLD": "1"}), stale)
+    orphan = real_launch(specs["same"]._replace(name="gone"))
+    early.add(specs["same"]._replace(name="gone"), orphan)
+    launched = _prespawn(config, environ, early)
+    try:
+        assert launched["same"] is kept
+        assert launched["changed"] is not stale
+        assert stale.returncode == -signal.SIGKILL and orphan.returncode == -signal.SIGKILL  # reaped
+        assert launched["changed"].poll() is None and kept.poll() is None
+        assert len(early) == 0
+    finally:
+        from sentinel_gw.backends.process import discard
+
+        discard(launched.values())

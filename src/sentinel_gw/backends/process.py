@@ -29,14 +29,11 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import asyncio
-
-    from sentinel_gw.config_schema import BackendConfig
 
 # Variables a child gets from the gateway's environment without asking; nothing secret.
 SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
@@ -44,12 +41,32 @@ SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CT
 STDERR_READ_LIMIT = 1 << 16  # the stderr StreamReader's limit (it pauses the pipe at twice this)
 
 
+class StdioCommand(Protocol):
+    """What starting a child reads from a stdio backend's config: a `BackendConfig`, or the raw
+    reading `serve` launches from before the config is validated (early.py)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def command(self) -> str: ...
+    @property
+    def args(self) -> Sequence[str]: ...
+    @property
+    def cwd(self) -> str: ...
+    @property
+    def env(self) -> Mapping[str, str]: ...
+    @property
+    def env_from(self) -> Mapping[str, str]: ...
+    @property
+    def inherit_env(self) -> Sequence[str]: ...
+
+
 class SpawnError(Exception):
     """Starting the child failed in a way a restart cannot fix (bad command, missing secret)."""
 
 
 def child_environment(
-    cfg: BackendConfig, environ: Mapping[str, str], *, safe: tuple[str, ...] = SAFE_ENV
+    cfg: StdioCommand, environ: Mapping[str, str], *, safe: tuple[str, ...] = SAFE_ENV
 ) -> dict[str, str]:
     """The minimal environment: safe variables, then `inherit_env`, `env`, `env_from` in that order."""
     env = {k: environ[k] for k in safe if k in environ}
@@ -68,9 +85,9 @@ def child_environment(
     return env
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
-    """Everything `launch()` needs: nothing is looked up or resolved after this."""
+class LaunchSpec(NamedTuple):
+    """Everything `launch()` needs: nothing is looked up or resolved after this. (A NamedTuple,
+    not a dataclass: `serve` imports this module before anything else, see early.py.)"""
 
     name: str  # the backend's name, for error messages
     command: str  # resolved on the child's PATH
@@ -83,7 +100,7 @@ class LaunchSpec:
         return [self.command, *self.args]
 
 
-def launch_spec(cfg: BackendConfig, environ: Mapping[str, str], base_dir: str) -> LaunchSpec:
+def launch_spec(cfg: StdioCommand, environ: Mapping[str, str], base_dir: str) -> LaunchSpec:
     """How to start `cfg`'s child, or SpawnError (unset `env_from` variable, command not found on
     the child's PATH, missing working directory). Pure apart from the file system lookups."""
     env = child_environment(cfg, environ)
