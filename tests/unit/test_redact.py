@@ -258,3 +258,36 @@ def test_redact_text_idempotent_and_non_str() -> None:
     once = redact_text(f"auth failed for Bearer {GH}")
     assert redact_text(once) == once
     assert redact_text(12345) == "12345"  # type: ignore[arg-type]
+
+
+# --- the trigger pre-check ------------------------------------------------------------------------
+
+_TRIGGER_WORDS = (
+    "begin", "://", "eyj", "bearer", "authoriz", "akia", "asia", "agpa", "aida", "aroa", "anpa",
+    "anva", "aipa", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat", "xox", "sk-", "sk_",
+    "rk_", "aiza", "pass", "pwd", "secret", "token", "key",
+)  # fmt: skip
+
+
+def test_trigger_fast_path_agrees_with_the_case_insensitive_pattern() -> None:
+    """ASCII text is checked lower-cased against a case-sensitive copy of the trigger list: it must
+    answer exactly as the original (?i) pattern, whatever the case, else a credential could skip
+    the precise detectors."""
+    import random
+
+    from sentinel_gw.ops.redact import _TRIGGER, _triggered
+
+    rng = random.Random(8)
+    samples = ["", "hello", "/usr/local/bin", "gh_x", "ghx_", "tk_", "s k", "Kelvin", "\u212aey"]
+    for word in _TRIGGER_WORDS:
+        for _ in range(6):
+            cased = "".join(c.upper() if rng.random() < 0.5 else c for c in word)
+            samples.append(f"{rng.choice(['', 'x', 'abc ', '__'])}{cased}{rng.choice(['', 'y', ' z'])}")
+            samples.append(cased[:-1])  # one character short: no match from this word
+    alphabet = "abegikprstxyo:/_-AEKPSTX \u017f\u212a\u0130"
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12))) for _ in range(3000)]
+    disagree = [s for s in samples if _triggered(s) != (_TRIGGER.search(s) is not None)]
+    assert not disagree, f"{len(disagree)} sample(s) disagree, e.g. {disagree[0][:40]!r}"
+    assert _triggered("My PASSWORD is")
+    assert _triggered("Bearer abc") and _triggered("ghS_abc") and _triggered("RK_live")
+    assert not _triggered("hello world")

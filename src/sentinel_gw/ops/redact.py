@@ -226,10 +226,24 @@ _TRIGGER = re.compile(
     r"(?i)begin|://|eyj|bearer|authoriz|akia|asia|agpa|aida|aroa|anpa|anva|aipa|gh[pousr]_|github_pat"
     r"|xox|sk-|[sr]k_|aiza|pass|pwd|secret|token|key"
 )
+# The same list, lower case and case-sensitive, for the lower-cased form of an ASCII string (the
+# common case): for ASCII text both answer alike, and a pattern whose alternatives all begin with
+# a plain character lets re skip to the candidate positions instead of trying every alternative
+# at every position (0.85 -> 0.2 us for a 5-character value, 16 -> 1.7 us for 76 characters).
+_TRIGGER_LOWER = re.compile(
+    r"begin|://|eyj|bearer|authoriz|akia|asia|agpa|aida|aroa|anpa|anva|aipa"
+    r"|ghp_|gho_|ghu_|ghs_|ghr_|github_pat|xox|sk-|sk_|rk_|aiza|pass|pwd|secret|token|key"
+)
+
+
+def _triggered(s: str) -> bool:
+    if s.isascii():
+        return _TRIGGER_LOWER.search(s.lower()) is not None
+    return _TRIGGER.search(s) is not None
 
 
 def _scrub(s: str, heuristics: bool) -> str:
-    if _TRIGGER.search(s) is not None:
+    if _triggered(s):
         for _kind, pattern, repl in _PRECISE:
             s = pattern.sub(repl, s)
     if heuristics and len(s) >= 32:
@@ -276,6 +290,8 @@ def _json_size(obj: object) -> int:
 
 
 def _text(s: str, limit: int, heuristics: bool) -> str:
+    if len(s) <= limit:  # nearly always: nothing to clip
+        return _scrub(s, heuristics)
     clipped, removed = _clip(s, limit)
     out = _scrub(clipped, heuristics)
     return out + _marker(removed) if removed else out
@@ -300,6 +316,9 @@ def _scalar(v: object) -> object:
 
 
 def _walk(v: object, depth: int, limit: int, heuristics: bool) -> object:
+    # Exact str first (the common leaf), then the general order below for everything else.
+    if type(v) is str:
+        return _text(v, limit, heuristics)
     if v is None or isinstance(v, (bool, int, float)):
         return _scalar(v)
     if isinstance(v, str):
