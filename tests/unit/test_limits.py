@@ -554,3 +554,30 @@ def test_explain_refused_and_unlimited() -> None:
         "verdict: a call now would be refused by rate_limits.tools.t, retry after 6000 ms",
     ]
     assert rl.explain("a", (), "u", 4.0)[0].startswith("per (subject, tool): unlimited")
+
+
+def test_reserve_counts_nothing_until_commit() -> None:
+    lim = RateLimiter(cfg(default=LimitConfig(requests=2, window_secs=60), subject=LimitConfig(3, 60)))
+    held = lim.reserve("alice", (), "t", now=0.0)
+    assert not isinstance(held, LimitDecision)
+    for _ in range(5):  # reservations alone never spend anything (a call refused for its arguments)
+        assert not isinstance(lim.reserve("alice", (), "t", now=0.0), LimitDecision)
+    lim.commit(held, 0.0)
+    lim.commit(lim.reserve("alice", (), "t", now=0.0), 0.0)  # type: ignore[arg-type]
+    refused = lim.reserve("alice", (), "t", now=0.0)
+    assert isinstance(refused, LimitDecision) and refused.rule == "rate_limits.default"
+    lim.commit(lim.reserve("alice", (), "u", now=0.0), 0.0)  # type: ignore[arg-type]
+    refused = lim.reserve("alice", (), "v", now=0.0)  # the subject's 3 are spent across tools
+    assert isinstance(refused, LimitDecision) and refused.rule == "rate_limits.subject"
+
+
+def test_commit_after_eviction_still_counts() -> None:
+    """A reservation whose state was evicted before the commit counts against fresh state, never
+    against a detached entry (which would silently let the call through uncounted)."""
+    lim = RateLimiter(cfg(default=LimitConfig(requests=2, window_secs=60)), max_keys=1)
+    assert lim.check("bob", (), "t", now=0.0).allowed
+    held = lim.reserve("bob", (), "t", now=0.0)
+    assert lim.check("carol", (), "t", now=0.0).allowed  # evicts bob's state (max_keys=1)
+    lim.commit(held, 0.0)  # type: ignore[arg-type]
+    assert lim.check("bob", (), "t", now=0.0).allowed
+    assert not lim.check("bob", (), "t", now=0.0).allowed

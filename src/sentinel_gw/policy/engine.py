@@ -18,7 +18,7 @@ from sentinel_gw.config_schema import Config
 from sentinel_gw.policy.auth import AuthError, TokenVerifier, anonymous_identity
 from sentinel_gw.policy.identity import Identity
 from sentinel_gw.policy.killswitch import KillFile, KillSwitch, default_kill_file_path
-from sentinel_gw.policy.limits import RateLimiter
+from sentinel_gw.policy.limits import LimitDecision, RateLimiter
 from sentinel_gw.policy.rbac import Rbac
 from sentinel_gw.policy.validate import SchemaError, Validator, compile_schema
 from sentinel_gw.protocol import jsonrpc
@@ -151,9 +151,13 @@ class PolicyEngine:
                 f"Permission denied for tool: {entry.exposed}",
                 {"reason": "permission_denied"},
             )
-        # Peek first so a refused caller costs no validation; consume only once validation passed,
-        # so a call refused for its arguments never spends the caller's rate limit.
-        self._rate_limit(identity, entry, consume=False)
+        # Look first so a refused caller costs no validation; count only once validation passed,
+        # so a call refused for its arguments never spends the caller's rate limit. One look: the
+        # reservation carries what it found to the count (nothing runs in between).
+        now = time.monotonic()
+        held = self.limiter.reserve(identity.subject, identity.roles, entry.exposed, now=now)
+        if isinstance(held, LimitDecision):
+            raise self._rate_limited(entry, held)
         validator = self._validator(entry)
         if validator is not None:
             failure = validator.validate(arguments)
@@ -165,25 +169,22 @@ class PolicyEngine:
                     f"Invalid arguments for tool {entry.exposed}: {failure.message} at {where}",
                     {"reason": "invalid_arguments", "pointer": failure.pointer, "keyword": failure.keyword},
                 )
-        self._rate_limit(identity, entry, consume=True)
+        self.limiter.commit(held, now)
 
-    def _rate_limit(self, identity: Identity, entry: Entry, *, consume: bool) -> None:
-        decision = self.limiter.check(
-            identity.subject, identity.roles, entry.exposed, now=time.monotonic(), consume=consume
+    @staticmethod
+    def _rate_limited(entry: Entry, decision: LimitDecision) -> Refusal:
+        ms = decision.retry_after_ms
+        return Refusal(
+            "rate_limited",
+            jsonrpc.RATE_LIMITED,
+            f"Rate limit exceeded for tool: {entry.exposed}; retry in {ms / 1000:.1f} s",
+            {
+                "reason": "rate_limited",
+                "rule": decision.rule,
+                "retry_after_ms": ms,
+                "retryAfter": max(1, -(-ms // 1000)),
+            },
         )
-        if not decision.allowed:
-            ms = decision.retry_after_ms
-            raise Refusal(
-                "rate_limited",
-                jsonrpc.RATE_LIMITED,
-                f"Rate limit exceeded for tool: {entry.exposed}; retry in {ms / 1000:.1f} s",
-                {
-                    "reason": "rate_limited",
-                    "rule": decision.rule,
-                    "retry_after_ms": ms,
-                    "retryAfter": max(1, -(-ms // 1000)),
-                },
-            )
 
     def _validator(self, entry: Entry) -> Validator | None:
         schema = entry.definition.get("inputSchema")

@@ -261,6 +261,17 @@ def _build(cfg: RateLimitConfig) -> _Tables:
     return _Tables(default, tools, roles, subject, rules)
 
 
+class Reservation:
+    """A call `RateLimiter.reserve` admitted, for `RateLimiter.commit` to count."""
+
+    __slots__ = ("chosen", "key", "subject")
+
+    def __init__(self, subject: str, key: tuple[str, str], chosen: _Choice | _RoleChoice | None) -> None:
+        self.subject = subject
+        self.key = key
+        self.chosen = chosen
+
+
 class RateLimiter:
     """Per-(subject, tool) and per-subject limits. Not thread-safe: call from the event loop."""
 
@@ -293,11 +304,23 @@ class RateLimiter:
         self, subject: str, roles: tuple[str, ...], tool: str, *, now: float, consume: bool = True
     ) -> LimitDecision:
         """Admit (and, if `consume`, count) one call of `tool` by `subject`, or say how long to wait."""
+        held = self.reserve(subject, roles, tool, now=now)
+        if isinstance(held, LimitDecision):
+            return held
+        if consume:
+            self.commit(held, now)
+        return ALLOWED
+
+    def reserve(
+        self, subject: str, roles: tuple[str, ...], tool: str, *, now: float
+    ) -> LimitDecision | Reservation:
+        """`check(consume=False)` that remembers what it found: the refusal, or a Reservation that
+        `commit` counts later without choosing the limits again (the policy engine looks before
+        validating the arguments and counts after). Counts nothing."""
         chosen = self._choose(roles, tool)
         wait = 0.0
         rule = ""
         pairs = self._pairs
-        entry: _Entry | None = None
         key = (subject, tool)
         if chosen is not None:
             entry = pairs.get(key)
@@ -305,15 +328,12 @@ class RateLimiter:
                 if entry.spec is not chosen[0] and entry.spec != chosen[0]:
                     # the effective limit changed (other roles, or a reload): start fresh
                     del pairs[key]
-                    entry = None
                 else:
                     pairs.move_to_end(key)
                     w = entry.limiter.retry_after(now)
                     if w > 0.0:
                         wait, rule = w, chosen[1]
-        subject_spec = self._t.subject
-        sentry: _Entry | None = None
-        if subject_spec is not None:
+        if self._t.subject is not None:
             sentry = self._subjects.get(subject)
             if sentry is not None:
                 self._subjects.move_to_end(subject)
@@ -323,22 +343,32 @@ class RateLimiter:
         if wait > 0.0:
             # the slack (0.1 ns, below _EPS) keeps float noise such as 59800.000000000004 from adding 1 ms
             return LimitDecision(False, max(1, math.ceil(wait * 1000.0 - 1e-7)), rule)
-        if not consume:
-            return ALLOWED
+        return Reservation(subject, key, chosen)
+
+    def commit(self, held: Reservation, now: float) -> None:
+        """Count the call `reserve` admitted. Nothing may have been counted in between (the engine
+        commits in the same synchronous step); the entries are looked up again by key all the same,
+        so a commit never counts against a state that an insertion has meanwhile evicted."""
+        chosen = held.chosen
         if chosen is not None:
-            if entry is None:
+            pairs = self._pairs
+            entry = pairs.get(held.key)
+            if entry is None or (entry.spec is not chosen[0] and entry.spec != chosen[0]):
                 entry = _Entry(chosen[0].new(now), chosen[0], chosen[1])
-                self._insert(pairs, key, entry, now)
+                pairs.pop(held.key, None)
+                self._insert(pairs, held.key, entry, now)
             else:
                 entry.spec = chosen[0]  # equal spec, maybe reached through another rule
                 entry.rule = chosen[1]
             entry.limiter.consume(now)
+        subject_spec = self._t.subject
         if subject_spec is not None:
-            if sentry is None:
+            sentry = self._subjects.get(held.subject)
+            if sentry is None or (sentry.spec is not subject_spec and sentry.spec != subject_spec):
                 sentry = _Entry(subject_spec.new(now), subject_spec, _SUBJECT_RULE)
-                self._insert(self._subjects, subject, sentry, now)
+                self._subjects.pop(held.subject, None)
+                self._insert(self._subjects, held.subject, sentry, now)
             sentry.limiter.consume(now)
-        return ALLOWED
 
     # --- memory bounds ----------------------------------------------------------------------------
 
