@@ -409,6 +409,28 @@ async def test_idle_timeout_restarts_once_the_question_is_answered(make_config, 
     assert reply["error"]["data"]["reason"] == "timeout"
 
 
+async def test_short_timeout_fires_while_a_longer_call_is_pending(make_config, open_gateway):
+    # The backend keeps one timer for all pending calls, set for the earliest expiry: a call with
+    # a short timeout that arrives after a long one must move it earlier. Here the echo (0.5 s
+    # idle timeout, never answered in time) must time out while the 4 s call is still running,
+    # not when the 30 s call would have.
+    cfg = make_config([backend("a", "--echo-delay", "30", timeout_secs=0.5, tool_timeouts={"slow": 30})])
+    gw = await open_gateway(cfg)
+    order: list[str] = []
+
+    async def call(name: str, arguments: dict) -> dict:
+        reply = await gw.request_raw("tools/call", {"name": name, "arguments": arguments}, timeout=25)
+        order.append(name)
+        return reply
+
+    slow = asyncio.ensure_future(call("slow", {"seconds": 4}))
+    await asyncio.sleep(0.3)  # the slow call is pending (and re-armed by its progress)
+    echo = await call("echo", {"message": "late"})
+    assert echo["error"]["data"]["reason"] == "timeout"
+    assert order == ["echo"], order  # the slow call was still running
+    assert "result" in await slow
+
+
 def count(gw: StdioClient, method: str) -> int:
     return sum(1 for n in gw.notifications if n["method"] == method)
 
