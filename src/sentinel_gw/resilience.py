@@ -27,8 +27,6 @@ from collections.abc import Callable, Collection, Iterator
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from .httpwire import BodyTooLarge, HttpError
-
 if TYPE_CHECKING:
     from sentinel_gw.config_schema import BreakerConfig
 
@@ -411,6 +409,9 @@ def should_retry(exc_or_status: BaseException | int, *, maybe_sent: bool, retry_
         if 500 <= status <= 599:
             return retry_safe and status not in _NEVER_RETRY_STATUS
         return False
+    # Imported here: only the HTTP backend retries, and stdio-only gateways never load the HTTP code.
+    from .httpwire import BodyTooLarge, HttpError
+
     exc = exc_or_status
     if isinstance(exc, BodyTooLarge):
         return False
