@@ -225,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _auth_setup_problem(where: str, exc: Exception) -> str:
+    """`where: auth...: reason`: most auth set-up errors already name their key (auth.x: ...)."""
+    text = str(exc)
+    return f"{where}: {text}" if text.startswith("auth") else f"{where}: auth: {text}"
+
+
 def _fail(message: str, code: int = EXIT_CONFIG) -> int:
     print(f"sentinel-gw: {message}", file=sys.stderr)
     return code
@@ -314,7 +320,7 @@ def _serve_with(  # type: ignore[no-untyped-def]
         # HTTP callers bring their own tokens, so --no-stdio needs none.
         identity = None if args.no_stdio else policy.stdio_identity()
     except (AuthSetupError, ValueError) as exc:
-        return _fail(f"{config.source}: auth: {exc}")
+        return _fail(_auth_setup_problem(config.source, exc))
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}")
     from sentinel_gw import accel
@@ -466,7 +472,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     except (AuthSetupError, ValueError) as exc:
-        return _fail(f"{args.config or 'config'}: auth: {exc}")
+        return _fail(_auth_setup_problem(args.config or "config", exc))
     print(f"{path}: OK")
     print(summarize(config))
     return EXIT_OK

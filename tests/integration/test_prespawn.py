@@ -155,6 +155,7 @@ async def test_no_backend_outlives_a_failed_start(
     log = err.decode("utf-8", "replace")
     assert proc.returncode == 2, log
     assert expected in log, log
+    assert "auth: auth" not in log, log  # the key is named once
     prespawned = {name: int(pid) for name, pid in PRESPAWNED.findall(log)}
     assert set(prespawned) == {"one", "two"}, log  # they were launched before the failure
     for name, pid in prespawned.items():
