@@ -186,6 +186,8 @@ def launch_early(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
                 launched.add(spec, launch(spec))
             except SpawnError:
                 continue  # the backend reports it when it starts
+            except (ValueError, TypeError):
+                continue  # Popen refused it (a NUL byte, "=" in a name): the loader will say why
     except BaseException:
         launched.discard()
         raise

@@ -288,3 +288,28 @@ def test_serve_adopts_only_an_identical_early_child(tmp_path: Path) -> None:
         from sentinel_gw.backends.process import discard
 
         discard(launched.values())
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('args = ["a\\u0000b"]', "backends[0].args[0]: must not contain NUL characters"),
+        ('env = { A = "x\\u0000y" }', "backends[0].env.A: must not contain NUL characters"),
+        ('env = { "A=B" = "x" }', 'backends[0].env."A=B": invalid environment variable name'),
+    ],
+)
+def test_what_popen_refuses_is_reported_by_the_loader(tmp_path: Path, line: str, reason: str) -> None:
+    """The early launch runs before validation: a table Popen refuses is left to the loader."""
+    cfg = tmp_path / "sentinel.toml"
+    cfg.write_text(render_config([]) + f'[[backends]]\nname = "b"\ntype = "stdio"\ncommand = "sh"\n{line}\n')
+    done = subprocess.run(
+        [*GATEWAY, "serve", "--config", str(cfg)],
+        input="",
+        capture_output=True,
+        text=True,
+        env=gateway_env(tmp_path),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert reason in done.stderr and "Traceback" not in done.stderr, done.stderr
