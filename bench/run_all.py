@@ -140,7 +140,8 @@ async def run(plan: Plan, groups: set[str], tmp: Path) -> tuple[list[Row], list[
             f"5: {plan.cold_rounds} rounds; each backend's own launch → first tools/list (median): "
             + ", ".join(f"{name} {ms:.0f} ms" for name, ms in own.items())
             + " (tests/servers/echo_server.py, mcp_server.py on miniserver, sdk_server.py on the "
-            "official MCP SDK)."
+            "official MCP SDK; 'all three at once': launched together without a gateway, the last "
+            "one ready)."
         )
     if "http" in groups:
         progress("scenario 6: HTTP front")
