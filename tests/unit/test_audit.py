@@ -869,11 +869,37 @@ async def test_two_logs_in_one_process_spool_separately(tmp_path: Path) -> None:
     assert log_a.stats()["dropped"] == log_b.stats()["dropped"] == 0
 
 
-@pytest.mark.parametrize("n", [0, 1, 46, 47, 48, 200, 1000, 1234])
-def test_sqlite_insert_chunks_cover_every_row_with_few_statement_shapes(n: int) -> None:
-    from sentinel_gw.ops.audit import _ROWS_PER_INSERT, _chunk_sizes
+@pytest.mark.parametrize("n", [0, 1, 3, 46, 200, 256, 257, 1000, 1234])
+def test_sqlite_inserts_cover_every_row_with_few_statement_shapes(n: int) -> None:
+    from sentinel_gw.ops.audit import _COLUMNS, _ROWS_PER_INSERT, _insert_values
 
-    sizes = _chunk_sizes(n)
-    assert sum(sizes) == n and all(0 < s <= _ROWS_PER_INSERT for s in sizes)
-    shapes = {s for m in range(1, 500) for s in _chunk_sizes(m)}
-    assert len(shapes) <= 7  # SQLite caches one prepared statement per shape
+    events = [call(i, id=f"{i:032x}") for i in range(n)]
+    pieces = list(_insert_values(events))
+    assert len(pieces) == -(-n // _ROWS_PER_INSERT)  # one statement per _ROWS_PER_INSERT events
+    for size, values in pieces:
+        assert size <= _ROWS_PER_INSERT and size & (size - 1) == 0 and len(values) == size * len(_COLUMNS)
+    ids = [
+        values[i + _COLUMNS.index("id")] for _, values in pieces for i in range(0, len(values), len(_COLUMNS))
+    ]
+    assert list(dict.fromkeys(ids)) == [e.id for e in events]  # every event, in order; copies only repeat
+    shapes = {size for m in range(1, 600) for size, _ in _insert_values([call(0)] * m)}
+    assert len(shapes) <= 9  # SQLite caches one prepared statement per shape
+
+
+@pytest.mark.parametrize("sizes", [[1], [3, 1, 200], [257], [600, 5]])
+async def test_sqlite_sink_writes_every_event_once_in_order(tmp_path: Path, sizes: list[int]) -> None:
+    sink = SqliteSink(tmp_path / "a.db")
+    await sink.open()
+    events = [call(i, id=f"{i:032x}") for i in range(sum(sizes))]
+    start = 0
+    for size in sizes:
+        await sink.write_batch(events[start : start + size])
+        start += size
+    await sink.write_batch(events[:7])  # a replay after a partial failure: ignored
+    await sink.close()
+    con = sqlite3.connect(tmp_path / "a.db")
+    try:
+        stored = [row[0] for row in con.execute("SELECT id FROM audit_events ORDER BY seq")]
+    finally:
+        con.close()
+    assert stored == [e.id for e in events]

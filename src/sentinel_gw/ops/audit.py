@@ -615,26 +615,29 @@ _INSERT = (
     f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
 )
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit_events"  # noqa: S608 - fixed column names
-# SQLite before 3.32 allows 999 variables per statement.
-_ROWS_PER_INSERT = 999 // len(_COLUMNS)
+# SQLite before 3.32 allows 999 variables per statement, later versions 32766.
+_MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+# The largest INSERT, a power of two rows: 256 rows of this table are ~0.6 MiB of prepared
+# statement inside SQLite (on SQLite < 3.32, 32 rows).
+_ROWS_PER_INSERT = min(256, 1 << ((_MAX_VARIABLES // len(_COLUMNS)).bit_length() - 1))
 _ROW_MARKS = f"({', '.join('?' for _ in _COLUMNS)})"
 
 
-def _chunk_sizes(n: int) -> list[int]:
-    """Full _ROWS_PER_INSERT chunks, then the rest in powers of two: at most 7 distinct INSERTs
-    are ever prepared, where every size from 1 to 47 would leave SQLite caching 2.4 MiB of
-    statements (found by bench/leak_probe.py; it looked like a slow leak)."""
-    sizes = [_ROWS_PER_INSERT] * (n // _ROWS_PER_INSERT)
-    rest, bit = n % _ROWS_PER_INSERT, 1 << (_ROWS_PER_INSERT.bit_length() - 1)
-    while rest:
-        if rest & bit:
-            sizes.append(bit)
-            rest -= bit
-        bit >>= 1
-    return sizes
+def _insert_values(events: Sequence[AuditEvent]) -> Iterator[tuple[int, list[Any]]]:
+    """(rows, values) per INSERT: `_ROWS_PER_INSERT` events at a time, each piece padded to a power
+    of two rows by repeating its last row (INSERT OR IGNORE skips the copies: same id). So a batch
+    of up to `_ROWS_PER_INSERT` events is one statement, and at most 9 statement shapes are ever
+    prepared (every size from 1 to 200 would leave SQLite caching megabytes of statements: found
+    by bench/leak_probe.py, where it looked like a slow leak)."""
+    for start in range(0, len(events), _ROWS_PER_INSERT):
+        chunk = events[start : start + _ROWS_PER_INSERT]
+        size = 1 << (len(chunk) - 1).bit_length()
+        values = [value for ev in chunk for value in _to_row(ev)]
+        values += values[-len(_COLUMNS) :] * (size - len(chunk))
+        yield size, values
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _insert_rows(n: int) -> str:
     """INSERT OR IGNORE of `n` rows in one statement (same semantics per row as _INSERT)."""
     return (
@@ -732,22 +735,16 @@ class SqliteSink(ThreadedSink):
         conn = self._conn
         if conn is None:
             raise AuditError(f"{self.path}: audit database is not open")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Multi-row INSERTs rather than executemany: executemany releases and re-takes the
-            # GIL around every row, and each re-take can stall the event loop for a switch
-            # interval. Rows are built per statement, not for the whole batch up front, so this
-            # thread never holds the GIL for long: SQLite releases it between statements.
-            i = 0
-            for size in _chunk_sizes(len(events)):
-                chunk = events[i : i + size]
-                i += size
-                conn.execute(_insert_rows(size), [value for ev in chunk for value in _to_row(ev)])
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        # One multi-row INSERT per batch, and no BEGIN/COMMIT around it (a statement is its own
+        # transaction: the connection is in autocommit mode). Every call into SQLite releases the
+        # GIL and must take it back, and while the event loop is busy each re-take can wait a
+        # switch interval (5 ms): with BEGIN, a statement per 49 rows and COMMIT (7 calls per 200
+        # events; executemany would be one per row) this thread fell ~7,000 events behind a
+        # saturated gateway, ~10 MiB of queued events; with one call it stays within a few hundred.
+        # A batch larger than one statement is written in several: if one fails, the channel
+        # spools the whole batch and the replay's INSERT OR IGNORE skips the rows already written.
+        for size, values in _insert_values(events):
+            conn.execute(_insert_rows(size), values)
 
     def _last_hash_sync(self) -> str | None:
         if self._conn is None:
