@@ -116,17 +116,23 @@ def config_dir(path: str) -> str:
 
 def read_toml(path: str) -> dict[str, Any]:
     """The config file's TOML document, or ConfigError saying why it cannot be read."""
+    text = _read_text(path, "utf-8", missing="file not found")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"invalid TOML: {e}") from None
+
+
+def _read_text(path: str, encoding: str, *, missing: str) -> str:
     try:
         with open(path, "rb") as fh:
-            return tomllib.load(fh)
+            return fh.read().decode(encoding)
     except FileNotFoundError:
-        raise ConfigError(path, "", "file not found") from None
+        raise ConfigError(path, "", missing) from None
     except OSError as e:
         raise ConfigError(path, "", f"cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(path, "", "not valid UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, "", f"invalid TOML: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,15 +147,7 @@ def load_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
     (with \\n \\t \\r \\" \\\\ escapes) quotes. No `$VAR` interpolation: values are taken as written.
     A later assignment of the same key wins, as with `source`."""
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as fh:
-            text = fh.read().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(name, "", "env file not found") from None
-    except OSError as e:
-        raise ConfigError(name, "", f"cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, "", "not valid UTF-8") from None
+    text = _read_text(name, "utf-8-sig", missing="env file not found")
     result: dict[str, str] = {}
     # split("\n") rather than splitlines(): the latter also breaks on \f, \x1c, U+2028 ...
     for lineno, raw in enumerate(text.split("\n"), 1):
