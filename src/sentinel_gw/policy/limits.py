@@ -351,24 +351,22 @@ class RateLimiter:
         so a commit never counts against a state that an insertion has meanwhile evicted."""
         chosen = held.chosen
         if chosen is not None:
-            pairs = self._pairs
-            entry = pairs.get(held.key)
-            if entry is None or (entry.spec is not chosen[0] and entry.spec != chosen[0]):
-                entry = _Entry(chosen[0].new(now), chosen[0], chosen[1])
-                pairs.pop(held.key, None)
-                self._insert(pairs, held.key, entry, now)
-            else:
-                entry.spec = chosen[0]  # equal spec, maybe reached through another rule
-                entry.rule = chosen[1]
-            entry.limiter.consume(now)
-        subject_spec = self._t.subject
-        if subject_spec is not None:
-            sentry = self._subjects.get(held.subject)
-            if sentry is None or (sentry.spec is not subject_spec and sentry.spec != subject_spec):
-                sentry = _Entry(subject_spec.new(now), subject_spec, _SUBJECT_RULE)
-                self._subjects.pop(held.subject, None)
-                self._insert(self._subjects, held.subject, sentry, now)
-            sentry.limiter.consume(now)
+            self._count(self._pairs, held.key, chosen[0], chosen[1], now)
+        if self._t.subject is not None:
+            self._count(self._subjects, held.subject, self._t.subject, _SUBJECT_RULE, now)
+
+    def _count(
+        self, store: OrderedDict[Hashable, _Entry], key: Hashable, spec: LimitSpec, rule: str, now: float
+    ) -> None:
+        entry = store.get(key)
+        if entry is None or (entry.spec is not spec and entry.spec != spec):
+            store.pop(key, None)  # the effective limit changed: start fresh
+            entry = _Entry(spec.new(now), spec, rule)
+            self._insert(store, key, entry, now)
+        else:
+            entry.spec = spec  # equal spec, maybe reached through another rule
+            entry.rule = rule
+        entry.limiter.consume(now)
 
     # --- memory bounds ----------------------------------------------------------------------------
 
