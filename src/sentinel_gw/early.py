@@ -127,9 +127,6 @@ class EarlyLaunches:
     def __len__(self) -> int:
         return len(self._launched)
 
-    def names(self) -> list[str]:
-        return list(self._launched)
-
     def add(self, spec: LaunchSpec, popen: subprocess.Popen[bytes]) -> None:
         self._launched[spec.name] = (spec, popen)
 

@@ -610,10 +610,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
-_INSERT = (
-    f"INSERT OR IGNORE INTO audit_events ({', '.join(_COLUMNS)}) "  # noqa: S608 - fixed column names
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM audit_events"  # noqa: S608 - fixed column names
 # SQLite before 3.32 allows 999 variables per statement, later versions 32766.
 _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
@@ -639,7 +635,7 @@ def _insert_values(events: Sequence[AuditEvent]) -> Iterator[tuple[int, list[Any
 
 @functools.lru_cache(maxsize=16)
 def _insert_rows(n: int) -> str:
-    """INSERT OR IGNORE of `n` rows in one statement (same semantics per row as _INSERT)."""
+    """INSERT OR IGNORE of `n` rows in one statement: a row whose id is already stored is skipped."""
     return (
         f"INSERT OR IGNORE INTO audit_events ({', '.join(_COLUMNS)}) "  # noqa: S608 - fixed column names
         f"VALUES {', '.join(_ROW_MARKS for _ in range(n))}"
