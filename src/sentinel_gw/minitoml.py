@@ -9,8 +9,9 @@ Contract: `loads(text)` returns exactly what `tomllib.loads(text)` returns (same
 types, same nesting) or None, and never raises. None means "ask tomllib": the document is
 invalid, or it uses something outside the subset: multi-line strings, dates and times,
 hex/octal/binary integers, inf/nan, nesting of arrays/inline tables/dotted keys deeper than 32,
-bare keys over 255 characters, numbers over 63. The result only picks which processes start early and the validated config has the last
-word, but a wrong answer would still start a wrong process, so in doubt the answer is None.
+bare keys over 255 characters, numbers over 63 characters. The result only picks which
+processes start early and the validated config has the last word, but a wrong answer would
+still start a wrong process, so in doubt the answer is None.
 
 The parser follows tomllib's `_parser.py` statement by statement, including its bookkeeping of
 explicitly declared and frozen (inline) namespaces, so that what it accepts is exactly what
