@@ -11,7 +11,6 @@ valid. Whether a secret is actually set is the business of the module that uses 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import json
 import math
@@ -333,13 +332,20 @@ def _convert_scalar(tp: Any, value: object, path: str, errs: _Errors) -> Any:
     return value
 
 
+def _close_matches(word: str, possibilities: Sequence[str], n: int = 3, cutoff: float = 0.6) -> list[str]:
+    """difflib's, imported only when a config has a mistake to suggest a fix for."""
+    import difflib
+
+    return difflib.get_close_matches(word, possibilities, n=n, cutoff=cutoff)
+
+
 def _unknown_key_reason(cls: type, key: str, valid: Sequence[str]) -> str:
     if cls is Config and key in _NOT_TOML:
         return "not a configuration key (set by the loader from the file's location)"
     hint = _LEGACY_HINTS.get((cls, key))
     if hint:
         return f"unknown key ({hint})"
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    close = _close_matches(key, valid, n=1, cutoff=0.6)
     if not close:
         close = [v for v in valid if v.lower() == key.lower()]
     if close:
@@ -607,7 +613,7 @@ def _check_auth(a: AuthConfig, path: str, errs: _Errors) -> None:
         if alg.lower() == "none":
             errs.add(f"{key}[{i}]", "'none' is never accepted (it turns signature checking off)")
         elif alg not in ALGORITHMS:
-            close = difflib.get_close_matches(alg, ALGORITHMS, n=1)
+            close = _close_matches(alg, ALGORITHMS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             errs.add(f"{key}[{i}]", f"unknown algorithm {alg!r}{hint}; valid: {' '.join(ALGORITHMS)}")
     hmac = [x for x in a.algorithms if x in HMAC_ALGORITHMS]
@@ -640,7 +646,7 @@ def _check_auth(a: AuthConfig, path: str, errs: _Errors) -> None:
 def _check_role(r: RoleConfig, path: str, errs: _Errors) -> None:
     for i, perm in enumerate(r.permissions):
         if perm not in PERMISSIONS:
-            close = difflib.get_close_matches(perm, PERMISSIONS, n=1)
+            close = _close_matches(perm, PERMISSIONS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             errs.add(
                 f"{_key(path, 'permissions')}[{i}]",
@@ -690,7 +696,7 @@ def _find_cycle(start: str, rbac: RbacConfig) -> list[str] | None:
 
 def _unknown_role(name: str, rbac: RbacConfig) -> str:
     defined = list(rbac.roles)
-    close = difflib.get_close_matches(name, defined, n=1)
+    close = _close_matches(name, defined, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     listing = ", ".join(defined) if defined else "none"
     return f"role {name!r} is not defined in [rbac.roles]{hint}; defined roles: {listing}"

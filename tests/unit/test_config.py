@@ -526,6 +526,19 @@ def test_invalid_toml_names_file(tmp_path: Path) -> None:
     assert str(err).startswith(f"{tmp_path / 'sentinel.toml'}: invalid TOML")
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("x = " + "1" * 5000 + "\n", "invalid TOML: Exceeds the limit"),  # int() refuses it: a ValueError
+        ("x = " + "[" * 3000 + "]" * 3000 + "\n", "invalid TOML: nested too deeply"),  # RecursionError
+    ],
+)
+def test_toml_that_breaks_the_parser_is_a_config_error(tmp_path: Path, text: str, reason: str) -> None:
+    """Not only TOMLDecodeError: what tomllib raises otherwise is still a clean error, no traceback."""
+    err = error_for(tmp_path, text)
+    assert err.reason.startswith(reason), err.reason
+
+
 def test_missing_and_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.toml")

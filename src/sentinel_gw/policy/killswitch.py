@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -321,6 +320,8 @@ def _locked(path: Path) -> Iterator[None]:
 def _write_atomic(path: Path, state: KillState) -> None:
     data = (json.dumps(state.to_json(), indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     # mkstemp creates the file 0600 in the target directory, so os.replace stays atomic.
+    import tempfile  # here: serve never writes the kill file, and tempfile brings shutil, bz2, lzma
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
