@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 from sentinel_gw import __version__
 
 if TYPE_CHECKING:
-    import subprocess
-
+    from sentinel_gw.backends.spawn import Child
     from sentinel_gw.config_schema import Config
     from sentinel_gw.early import EarlyLaunches
 
@@ -279,15 +278,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         prespawned.clear()
 
 
-def _prespawn(
-    config: Config, environ: Mapping[str, str], early: EarlyLaunches | None
-) -> dict[str, subprocess.Popen[bytes]]:
+def _prespawn(config: Config, environ: Mapping[str, str], early: EarlyLaunches | None) -> dict[str, Child]:
     """Launch every enabled stdio backend now, before the event loop exists (see cmd_serve),
     adopting the child `early` launched for it when it was launched exactly so (early.py). One
     that cannot be launched is left out: its backend reports the error when it starts, as always."""
     from sentinel_gw.backends.process import SpawnError, launch, launch_spec
 
-    launched: dict[str, subprocess.Popen[bytes]] = {}
+    launched: dict[str, Child] = {}
     for cfg in config.backends:
         if cfg.type != "stdio" or not cfg.enabled:
             continue
@@ -303,7 +300,7 @@ def _prespawn(
 
 
 def _serve_with(  # type: ignore[no-untyped-def]
-    args, path, config, environ, *, admin_token, prespawned: dict[str, subprocess.Popen[bytes]]
+    args, path, config, environ, *, admin_token, prespawned: dict[str, Child]
 ) -> int:
     import logging
 

@@ -2,9 +2,14 @@
 
 An MCP server built on the official SDK takes half a second to boot; the gateway needs about
 80 ms (argparse and its subcommands, the config schema, the loader) before it could fork. Launched
-from here, right after the interpreter starts (tomllib and subprocess are all this imports), the
-backends boot while the gateway does, and the first complete `tools/list` arrives about when the
-slowest backend alone would answer.
+from here, right after the interpreter starts, the backends boot while the gateway does, and the
+first complete `tools/list` arrives about when the slowest backend alone would answer.
+
+Every millisecond before the forks is a millisecond of cold start, so this path imports only
+`os`, `collections`, `ctypes` (for the parent-death signal) and small modules of ours: the config
+is read by `minitoml` (the common subset of TOML; tomllib, ~13 ms with typing, re and datetime,
+only when the file uses more), and the children are started by `spawn.fork_exec` (`os.fork`,
+without waiting for each exec; `subprocess` and `shutil` cost ~15 ms more).
 
 Nothing here decides anything. It reads the raw TOML the way the loader will, and any doubt (a
 value of an unexpected type, a name used twice, an option it does not know) means "do not launch
@@ -19,20 +24,22 @@ received a byte, as a bad token does (see docs/SECURITY.md).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections import namedtuple
 
+TYPE_CHECKING = False  # typing costs ~5 ms to import; annotations are never evaluated
 if TYPE_CHECKING:
-    import subprocess
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
-    from sentinel_gw.backends.process import LaunchSpec
+    from sentinel_gw.backends.spawn import Child, LaunchSpec
 
 # serve's options, as argparse spells them (no abbreviations, no -cPATH): option -> field.
 _VALUE_OPTIONS = {"--config": "config", "-c": "config", "--env-file": "env_file", "--log-level": ""}
 _FLAGS = ("--no-stdio",)
 
 
-class ServeOptions(NamedTuple):
+class ServeOptions(namedtuple("ServeOptions", "config env_file")):
+    __slots__ = ()
     config: str | None
     env_file: str | None
 
@@ -60,9 +67,10 @@ def serve_options(argv: Sequence[str]) -> ServeOptions | None:
     return ServeOptions(found.get("config"), found.get("env_file"))
 
 
-class RawStdioBackend(NamedTuple):
+class RawStdioBackend(namedtuple("RawStdioBackend", "name command args cwd env env_from inherit_env")):
     """A `[[backends]]` table of type stdio as read from the TOML, before validation."""
 
+    __slots__ = ()
     name: str
     command: str
     args: tuple[str, ...]
@@ -119,26 +127,25 @@ def stdio_backends(
 class EarlyLaunches:
     """Children launched early, by backend name, until `serve` adopts or discards them."""
 
-    def __init__(
-        self, launched: Mapping[str, tuple[LaunchSpec, subprocess.Popen[bytes]]] | None = None
-    ) -> None:
+    def __init__(self, launched: Mapping[str, tuple[LaunchSpec, Child]] | None = None) -> None:
         self._launched = dict(launched or {})
 
     def __len__(self) -> int:
         return len(self._launched)
 
-    def add(self, spec: LaunchSpec, popen: subprocess.Popen[bytes]) -> None:
+    def add(self, spec: LaunchSpec, popen: Child) -> None:
         self._launched[spec.name] = (spec, popen)
 
-    def take(self, spec: LaunchSpec) -> subprocess.Popen[bytes] | None:
-        """The child launched early for `spec.name`, if it was launched exactly as `spec` says;
-        else None, after killing and reaping one launched differently."""
+    def take(self, spec: LaunchSpec) -> Child | None:
+        """The child launched early for `spec.name`, if it was launched exactly as `spec` says and
+        its exec succeeded; else None, after killing and reaping it."""
         entry = self._launched.pop(spec.name, None)
         if entry is None:
             return None
         early_spec, popen = entry
-        if early_spec == spec:
-            return popen
+        exec_error = getattr(popen, "exec_error", None)  # a Popen has exec'd when it returns
+        if early_spec == spec and (exec_error is None or exec_error() is None):
+            return popen  # a failed exec is left to the backend's own launch, which reports it
         from sentinel_gw.backends.process import discard
 
         discard([popen])
@@ -163,16 +170,27 @@ def launch_early(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
     options = serve_options(argv[1:])
     if options is None:
         return EarlyLaunches()
-    from sentinel_gw.config_files import ConfigError, config_dir, environment_for, find_config_path, read_toml
+    from sentinel_gw.config_files import (
+        ConfigError,
+        config_dir,
+        environment_for,
+        find_config_path,
+        parse_toml,
+        read_config_text,
+    )
+    from sentinel_gw.minitoml import loads as quick_toml
 
     process_env = os.environ if environ is None else environ
     try:
         path = find_config_path(options.config, process_env)
         env = environment_for(path, options.env_file, process_env, warn=False)
-        data = read_toml(path)
+        text = read_config_text(path)
+        data = quick_toml(text)  # tomllib costs ~13 ms to import; this reads the common subset
+        if data is None:
+            data = parse_toml(path, text)
     except ConfigError:
         return EarlyLaunches()  # the CLI reports it
-    from sentinel_gw.backends.process import SpawnError, launch, launch_spec
+    from sentinel_gw.backends.spawn import SpawnError, fork_exec, launch_spec
 
     base_dir = config_dir(path)
     launched = EarlyLaunches()
@@ -180,11 +198,13 @@ def launch_early(argv: Sequence[str], environ: Mapping[str, str] | None = None) 
         for backend in stdio_backends(data, base_dir, env):
             try:
                 spec = launch_spec(backend, env, base_dir)
-                launched.add(spec, launch(spec))
+                launched.add(spec, fork_exec(spec))
             except SpawnError:
                 continue  # the backend reports it when it starts
             except (ValueError, TypeError):
-                continue  # Popen refused it (a NUL byte, "=" in a name): the loader will say why
+                continue  # exec would refuse it (a NUL byte, "=" in a name): the loader will say why
+            except (RuntimeError, OSError):
+                continue  # no fork here (a thread, a closed stdio descriptor, EAGAIN): serve does it
     except BaseException:
         launched.discard()
         raise

@@ -135,7 +135,7 @@ class Gateway:
         policy: PolicyEngine | None = None,
         prespawned: dict[str, Any] | None = None,
     ) -> None:
-        """`prespawned`: backend name -> subprocess.Popen already launched for that stdio backend
+        """`prespawned`: backend name -> child (Popen, ForkedChild) already launched for that stdio backend
         (by `serve`, before the event loop existed). Each is handed to its backend, which adopts it
         on its first start, and removed from the dict: what is left was never taken over."""
         self.config = config

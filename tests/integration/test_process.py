@@ -1,5 +1,6 @@
 """backends/process.py with real child processes: launch specs, launch(), and ChildProcess on both
-event loops (the standard one and uvloop) with both exit watches (pidfd and the waiting thread)."""
+event loops (the standard one and uvloop) with both exit watches (pidfd and the waiting thread).
+Every child test runs with both launchers: `launch()` (Popen) and serve's early `fork_exec()`."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from sentinel_gw.backends.process import (
     launch,
     launch_spec,
 )
+from sentinel_gw.backends.spawn import fork_exec
 from sentinel_gw.backends.stdio import SpawnError as SpawnErrorFromStdio
 from sentinel_gw.backends.stdio import child_environment as child_environment_from_stdio
 from sentinel_gw.config_schema import BackendConfig
@@ -31,6 +33,32 @@ from sentinel_gw.config_schema import BackendConfig
 LOOPS = ["asyncio", "uvloop"]
 WATCHES = ["pidfd", "thread"]
 WAIT = 20.0  # a bound on every wait, never a measurement
+
+
+LAUNCHERS = ["popen", "fork"]
+
+
+@pytest.fixture(params=LAUNCHERS)
+def start(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Callable[[Any], Any]:
+    """`launch` (Popen), or `fork_exec` as serve's early launch uses it. fork_exec refuses a
+    process with threads (pytest's may have some, from earlier tests): allowed here, since its
+    child runs only os calls until the exec, as Popen's preexec_fn does in the same process."""
+    if request.param == "popen":
+        return launch
+    from sentinel_gw.backends import spawn
+
+    monkeypatch.setattr(spawn, "single_threaded", lambda: True)
+    return fork_exec
+
+
+def finish(child: Any) -> bytes:
+    """Close the child's stdin, read its stdout to the end and reap it: its stdout."""
+    child.stdin.close()
+    out = child.stdout.read()
+    child.wait()
+    child.stdout.close()
+    child.stderr.close()
+    return out
 
 
 def stdio_cfg(*args: str, **keys: Any) -> BackendConfig:
@@ -135,8 +163,9 @@ def test_launch_failure_is_a_spawn_error(tmp_path: Path) -> None:
         launch(spec)
 
 
-def test_launch_own_session_minimal_env_no_inherited_fds(tmp_path: Path) -> None:
-    r, w = os.pipe()  # an fd of ours the child must not inherit
+def test_launch_own_session_minimal_env_no_inherited_fds(tmp_path: Path, start: Any) -> None:
+    r, w = os.pipe()  # an fd of ours the child must not inherit, even an inheritable one
+    os.set_inheritable(w, True)
     try:
         spec = launch_spec(
             stdio_cfg(
@@ -155,17 +184,16 @@ def test_launch_own_session_minimal_env_no_inherited_fds(tmp_path: Path) -> None
             {"PATH": os.environ["PATH"], "SECRET": "x"},
             str(tmp_path),
         )
-        popen = launch(spec)
-        out, _ = popen.communicate(timeout=WAIT)
+        out = finish(start(spec))
     finally:
         os.close(r)
         os.close(w)
     assert out.split() == [b"True", b"True", b"False", b"True"]
 
 
-def test_discard_kills_and_reaps(tmp_path: Path) -> None:
+def test_discard_kills_and_reaps(tmp_path: Path, start: Any) -> None:
     spec = launch_spec(stdio_cfg(*script("import time; time.sleep(60)")), os.environ, str(tmp_path))
-    popens = [launch(spec), launch(spec)]
+    popens = [start(spec), start(spec)]  # discarded at once: fork_exec's may not have exec'd yet
     discard(popens)
     assert [p.returncode for p in popens] == [-signal.SIGKILL, -signal.SIGKILL]
     assert all(p.stdin is not None and p.stdin.closed for p in popens)
@@ -190,9 +218,9 @@ sys.exit(3)
 @pytest.mark.parametrize("watch", WATCHES)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_child_io_early_stdout_stderr_stdin_close_and_exit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str, start: Any
 ) -> None:
-    popen = launch(launch_spec(stdio_cfg(*script(CHILD)), os.environ, str(tmp_path)))
+    popen = start(launch_spec(stdio_cfg(*script(CHILD)), os.environ, str(tmp_path)))
     assert popen.stderr is not None
     # As when `serve` launched it before the loop existed: its first output waits in the pipe.
     # "ready" on stderr comes after "early" on stdout, so "early" is in the pipe before we attach.
@@ -228,7 +256,7 @@ def test_child_io_early_stdout_stderr_stdin_close_and_exit(
 @pytest.mark.parametrize("watch", WATCHES)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_kill_group_reaches_grandchildren(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str, start: Any
 ) -> None:
     code = """
     import subprocess, sys, time
@@ -236,7 +264,7 @@ def test_kill_group_reaches_grandchildren(
     print(p.pid, flush=True)
     time.sleep(60)
     """
-    popen = launch(launch_spec(stdio_cfg(*script(code)), os.environ, str(tmp_path)))
+    popen = start(launch_spec(stdio_cfg(*script(code)), os.environ, str(tmp_path)))
 
     async def body() -> None:
         child = await ChildProcess.attach(popen, pidfd=watch == "pidfd")
@@ -267,7 +295,7 @@ def test_kill_group_reaches_grandchildren(
 @pytest.mark.parametrize("watch", WATCHES)
 @pytest.mark.parametrize("loop", LOOPS)
 def test_drain_fails_when_the_child_stops_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, watch: str, start: Any
 ) -> None:
     code = """
     import os, sys, time
@@ -275,7 +303,7 @@ def test_drain_fails_when_the_child_stops_reading(
     print("closed", flush=True)
     time.sleep(60)
     """
-    popen = launch(launch_spec(stdio_cfg(*script(code)), os.environ, str(tmp_path)))
+    popen = start(launch_spec(stdio_cfg(*script(code)), os.environ, str(tmp_path)))
 
     async def body() -> None:
         child = await ChildProcess.attach(popen, pidfd=watch == "pidfd")
@@ -298,9 +326,9 @@ def test_drain_fails_when_the_child_stops_reading(
 @pytest.mark.parametrize("reaped", [False, True])
 @pytest.mark.parametrize("loop", LOOPS)
 def test_attach_a_child_that_already_exited(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, reaped: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, reaped: bool, start: Any
 ) -> None:
-    popen = launch(launch_spec(stdio_cfg(*script("print('bye')")), os.environ, str(tmp_path)))
+    popen = start(launch_spec(stdio_cfg(*script("print('bye')")), os.environ, str(tmp_path)))
     if reaped:
         popen.wait()
     else:  # a zombie: exited, not reaped yet (the pidfd is readable at once)
@@ -319,8 +347,10 @@ def test_attach_a_child_that_already_exited(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_cancelled_attach_kills_the_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str) -> None:
-    popen = launch(launch_spec(stdio_cfg(*script("import time; time.sleep(60)")), os.environ, str(tmp_path)))
+def test_cancelled_attach_kills_the_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, start: Any
+) -> None:
+    popen = start(launch_spec(stdio_cfg(*script("import time; time.sleep(60)")), os.environ, str(tmp_path)))
 
     async def body() -> None:
         task = asyncio.ensure_future(ChildProcess.attach(popen))

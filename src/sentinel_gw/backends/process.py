@@ -3,15 +3,17 @@
 Spawning is split so that `serve` can launch its backends before the event loop exists (they
 boot while the gateway starts) and the backends adopt those processes later:
 
-* `launch_spec()` is pure: the resolved command, its arguments, the child's minimal environment
-  and its working directory, or the `SpawnError` that says why the backend cannot start;
+* `launch_spec()` (in spawn.py, re-exported here) is pure: the resolved command, its arguments,
+  the child's minimal environment and its working directory, or the `SpawnError` that says why
+  the backend cannot start;
 * `launch()` starts it (synchronously, no event loop needed): pipes on stdin, stdout and stderr,
-  its own session and process group, a parent-death signal on Linux;
-* `ChildProcess.attach()` connects a running `Popen` to the running loop: what `StdioBackend`
-  needs from it (stdin as a transport, stdout straight to a parser from the pipe's read callback,
-  stderr as a `StreamReader`, the end of stdout, and the exit status).
+  its own session and process group, a parent-death signal on Linux; serve's early launch uses
+  `spawn.fork_exec()` instead, which does the same with `os.fork` before any thread exists;
+* `ChildProcess.attach()` connects a running `Popen` (or a `ForkedChild`) to the running loop:
+  what `StdioBackend` needs from it (stdin as a transport, stdout straight to a parser from the
+  pipe's read callback, stderr as a `StreamReader`, the end of stdout, and the exit status).
 
-Every spawn takes this one path: the first start (pre-spawned or not), restarts and reloads.
+Every spawn after serve's early launch takes `launch()`: restarts, reloads, a changed spec.
 The exit is detected with a pidfd watched by the loop (Linux 5.3 and later; the standard loop
 and uvloop alike), otherwise by a thread waiting on the `Popen`: never a SIGCHLD handler or a
 `waitpid(-1)` that could reap someone else's child.
@@ -24,124 +26,45 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from sentinel_gw.backends.spawn import (
+    SAFE_ENV,
+    ForkedChild,
+    LaunchSpec,
+    SpawnError,
+    child_environment,
+    launch_spec,
+    resolve_prctl,
+    set_pdeathsig,
+)
 
 if TYPE_CHECKING:
     import asyncio
 
-# Variables a child gets from the gateway's environment without asking; nothing secret.
-SAFE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR")
+    from sentinel_gw.backends.spawn import Child, StdioCommand
+
+# Re-exported: the launch spec lives in spawn.py (light enough for serve's early launch).
+__all__ = [
+    "SAFE_ENV",
+    "ChildProcess",
+    "ForkedChild",
+    "LaunchSpec",
+    "SpawnError",
+    "StdioCommand",
+    "child_environment",
+    "discard",
+    "kill_group",
+    "launch",
+    "launch_spec",
+]
 
 STDERR_READ_LIMIT = 1 << 16  # the stderr StreamReader's limit (it pauses the pipe at twice this)
-
-
-class StdioCommand(Protocol):
-    """What starting a child reads from a stdio backend's config: a `BackendConfig`, or the raw
-    reading `serve` launches from before the config is validated (early.py)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def command(self) -> str: ...
-    @property
-    def args(self) -> Sequence[str]: ...
-    @property
-    def cwd(self) -> str: ...
-    @property
-    def env(self) -> Mapping[str, str]: ...
-    @property
-    def env_from(self) -> Mapping[str, str]: ...
-    @property
-    def inherit_env(self) -> Sequence[str]: ...
-
-
-class SpawnError(Exception):
-    """Starting the child failed in a way a restart cannot fix (bad command, missing secret)."""
-
-
-def child_environment(
-    cfg: StdioCommand, environ: Mapping[str, str], *, safe: tuple[str, ...] = SAFE_ENV
-) -> dict[str, str]:
-    """The minimal environment: safe variables, then `inherit_env`, `env`, `env_from` in that order."""
-    env = {k: environ[k] for k in safe if k in environ}
-    for key in cfg.inherit_env:
-        if key in environ:
-            env[key] = environ[key]
-    env.update(cfg.env)
-    missing = [src for src in cfg.env_from.values() if src not in environ]
-    if missing:
-        raise SpawnError(
-            f"backend '{cfg.name}': env_from refers to unset variable(s) {', '.join(sorted(missing))} "
-            "in the gateway's environment"
-        )
-    for child_key, source in cfg.env_from.items():
-        env[child_key] = environ[source]
-    return env
-
-
-class LaunchSpec(NamedTuple):
-    """Everything `launch()` needs: nothing is looked up or resolved after this. (A NamedTuple,
-    not a dataclass: `serve` imports this module before anything else, see early.py.)"""
-
-    name: str  # the backend's name, for error messages
-    command: str  # resolved on the child's PATH
-    args: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str | None
-
-    @property
-    def argv(self) -> list[str]:
-        return [self.command, *self.args]
-
-
-def launch_spec(cfg: StdioCommand, environ: Mapping[str, str], base_dir: str) -> LaunchSpec:
-    """How to start `cfg`'s child, or SpawnError (unset `env_from` variable, command not found on
-    the child's PATH, missing working directory). Pure apart from the file system lookups."""
-    env = child_environment(cfg, environ)
-    command = shutil.which(cfg.command, path=env.get("PATH", os.defpath))
-    if command is None:
-        raise SpawnError(f"backend '{cfg.name}': command not found: {cfg.command!r}")
-    cwd = cfg.cwd or None
-    if cwd and not os.path.isabs(cwd):
-        cwd = os.path.join(base_dir, cwd)
-    if cwd and not os.path.isdir(cwd):
-        raise SpawnError(f"backend '{cfg.name}': cwd does not exist: {cwd}")
-    return LaunchSpec(cfg.name, command, tuple(cfg.args), env, cwd)
-
-
-_prctl: list[Any] = []  # [libc.prctl] once resolved in the gateway process, [None] if unavailable
-
-
-def _resolve_prctl() -> None:
-    """Load libc's prctl in the gateway, once: a child importing ctypes between fork and exec
-    costs milliseconds per spawn, during which the gateway waits for the exec."""
-    if _prctl:
-        return
-    try:
-        import ctypes
-
-        _prctl.append(ctypes.CDLL(None, use_errno=True).prctl)
-    except Exception:
-        _prctl.append(None)
-
-
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # Linux: the kernel kills the child when the gateway dies, even by SIGKILL.
-    try:
-        prctl = _prctl[0] if _prctl else None
-        if prctl is None:
-            import ctypes
-
-            prctl = ctypes.CDLL(None, use_errno=True).prctl
-        prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: S110 - best effort; nothing can be logged between fork and exec
-        pass
 
 
 def launch(spec: LaunchSpec) -> subprocess.Popen[bytes]:
@@ -150,7 +73,7 @@ def launch(spec: LaunchSpec) -> subprocess.Popen[bytes]:
     Linux a parent-death signal. An OSError from the exec becomes SpawnError."""
     linux = sys.platform.startswith("linux")
     if linux:
-        _resolve_prctl()
+        resolve_prctl()
     try:
         return subprocess.Popen(
             spec.argv,
@@ -162,7 +85,7 @@ def launch(spec: LaunchSpec) -> subprocess.Popen[bytes]:
             cwd=spec.cwd,
             close_fds=True,
             start_new_session=True,  # own process group: we can signal the whole tree
-            preexec_fn=_pdeathsig if linux else None,  # noqa: PLW1509 - resolved beforehand, no locks
+            preexec_fn=set_pdeathsig if linux else None,  # noqa: PLW1509 - resolved beforehand, no locks
         )
     except OSError as exc:
         raise SpawnError(
@@ -176,12 +99,18 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
 
 
-def discard(popens: Iterable[subprocess.Popen[bytes]]) -> None:
+def discard(popens: Iterable[Child]) -> None:
     """Launched children nobody will use: SIGKILL each one's process group, close its pipes and
     reap it. Blocks until they are reaped (milliseconds: SIGKILL cannot be caught)."""
     popens = list(popens)
     for popen in popens:
         kill_group(popen.pid)
+        if isinstance(popen, ForkedChild):
+            # Its setsid() may not have run yet (fork_exec does not wait for the exec), so its
+            # group may not exist: kill it by pid too, then collect its exec report.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(popen.pid, signal.SIGKILL)
+            popen.exec_error()
     for popen in popens:
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             if pipe is not None:
@@ -339,7 +268,7 @@ class ChildProcess:
     Create it with `await ChildProcess.attach(popen)` in the running loop.
     """
 
-    def __init__(self, popen: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, popen: Child, loop: asyncio.AbstractEventLoop) -> None:
         self.popen = popen
         self.pid = popen.pid
         self._loop = loop
@@ -355,12 +284,19 @@ class ChildProcess:
         self.stderr: asyncio.StreamReader | None = None
 
     @classmethod
-    async def attach(cls, popen: subprocess.Popen[bytes], *, pidfd: bool = True) -> ChildProcess:
+    async def attach(cls, popen: Child, *, pidfd: bool = True) -> ChildProcess:
         """Connect `popen` (from `launch()`) to the running loop. `pidfd=False` forces the thread
         that waits for the exit (what platforms without pidfds get). If this fails or is cancelled,
         the child's process group is killed (and still reaped by the exit watch)."""
         import asyncio
 
+        if isinstance(popen, ForkedChild):
+            # Returns once the child has exec'd (at once, by adoption time): its setsid() has
+            # run, so kill_group() reaches it from here on.
+            failed = popen.exec_error()
+            if failed is not None:
+                discard([popen])
+                raise SpawnError(f"cannot start {popen.args[0]}: {failed}")
         loop = asyncio.get_running_loop()
         child = cls(popen, loop)
         child._watch_exit(pidfd)  # first: whatever happens next, the child gets reaped

@@ -9,10 +9,9 @@ import logging
 import math
 import random
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sentinel_gw import __version__
 from sentinel_gw.aio import CoalescingWriter
@@ -48,6 +47,9 @@ from sentinel_gw.protocol.mcp import (
     with_modern_meta,
 )
 from sentinel_gw.resilience import CircuitBreaker, HealthState, HealthTracker
+
+if TYPE_CHECKING:
+    from sentinel_gw.backends.spawn import Child
 
 log = logging.getLogger("sentinel_gw.backend")
 
@@ -131,10 +133,11 @@ class StdioBackend:
         environ: Mapping[str, str],
         base_dir: str = ".",
         max_message_bytes: int = 4 * 1024 * 1024,
-        process: subprocess.Popen[bytes] | None = None,
+        process: Child | None = None,
     ) -> None:
-        """`process`: the child already launched for this backend (`launch()` on the same config
-        and environment, see `sentinel-gw serve`); the first start adopts it instead of launching."""
+        """`process`: the child already launched for this backend (`launch()` or, by serve's early
+        launch, `fork_exec()` on the same spec, see `sentinel-gw serve`); the first start adopts it
+        instead of launching."""
         self.cfg = cfg
         self.name = cfg.name
         self.events = events
