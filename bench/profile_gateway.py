@@ -1,6 +1,7 @@
 """Profile the gateway under load and list its top costs per call.
 
     python bench/profile_gateway.py --scenario stdio [--calls 20000]   # scenario 1: 1 in flight
+    python bench/profile_gateway.py --scenario stdio --concurrency 16  # scenario 2: 16 in flight
     python bench/profile_gateway.py --scenario http [--seconds 10]     # scenario 6: 16 clients
     python bench/profile_gateway.py --scenario stdio --py-spy          # sampling, all threads
 
@@ -42,6 +43,7 @@ from benchlib import (
     latency,
     open_stdio,
     progress,
+    throughput,
     write_config,
 )
 
@@ -123,7 +125,9 @@ def pyspy_report(raw: Path, calls: int, rate: int, top: int) -> str:
     return "\n".join(out)
 
 
-async def drive_stdio(tmp: Path, argv_prefix: list[str], calls: int, use_signals: bool) -> tuple[int, int]:
+async def drive_stdio(
+    tmp: Path, argv_prefix: list[str], calls: int, concurrency: int, use_signals: bool
+) -> tuple[int, int]:
     cfg = write_config(tmp, echo_backends(3))
     client: RawStdio = await open_stdio([*argv_prefix, "serve", "--config", str(cfg)], gateway_env(tmp))
     pid = client.pid
@@ -133,8 +137,11 @@ async def drive_stdio(tmp: Path, argv_prefix: list[str], calls: int, use_signals
             os.kill(pid, signal.SIGUSR1)
             await asyncio.sleep(0.1)
         t0 = time.perf_counter()
-        await latency(client, calls)
-        progress(f"{calls} calls in {time.perf_counter() - t0:.1f} s")
+        if concurrency > 1:
+            await throughput(client, calls, concurrency)
+        else:
+            await latency(client, calls)
+        progress(f"{calls} calls ({concurrency} in flight) in {time.perf_counter() - t0:.1f} s")
         if use_signals:
             os.kill(pid, signal.SIGUSR2)
             await asyncio.sleep(1.0)
@@ -166,7 +173,8 @@ async def drive_http(tmp: Path, argv_prefix: list[str], seconds: float, use_sign
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", choices=("stdio", "http"), default="stdio")
-    ap.add_argument("--calls", type=int, default=20000, help="stdio: sequential calls profiled")
+    ap.add_argument("--calls", type=int, default=20000, help="stdio: calls profiled")
+    ap.add_argument("--concurrency", type=int, default=1, help="stdio: calls in flight (scenario 2: 16)")
     ap.add_argument("--seconds", type=float, default=10.0, help="http: seconds of load profiled")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--py-spy", action="store_true", help="sample with py-spy instead of cProfile")
@@ -201,7 +209,7 @@ def main() -> None:
             prefix = list(WRAPPER)
         signals = not args.py_spy
         if args.scenario == "stdio":
-            calls, _ = asyncio.run(drive_stdio(tmp, prefix, args.calls, signals))
+            calls, _ = asyncio.run(drive_stdio(tmp, prefix, args.calls, args.concurrency, signals))
         else:
             calls = asyncio.run(drive_http(tmp, prefix, args.seconds, signals))
         for _ in range(100):
