@@ -132,6 +132,7 @@ def test_discard_right_after_the_fork_kills_the_child(forking: None) -> None:
     discard(children)
     assert [c.returncode for c in children] == [-signal.SIGKILL] * 5
     for c in children:
+        assert c._status_fd is None  # reaping also closed the exec report's pipe
         with pytest.raises(ProcessLookupError):
             os.kill(c.pid, 0)
 

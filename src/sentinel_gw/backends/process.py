@@ -105,12 +105,10 @@ def discard(popens: Iterable[Child]) -> None:
     popens = list(popens)
     for popen in popens:
         kill_group(popen.pid)
-        if isinstance(popen, ForkedChild):
-            # Its setsid() may not have run yet (fork_exec does not wait for the exec), so its
-            # group may not exist: kill it by pid too, then collect its exec report.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(popen.pid, signal.SIGKILL)
-            popen.exec_error()
+        # And the child itself: one from fork_exec may not have called setsid() yet, so its
+        # group may not exist (harmless for the others: the pid is ours until it is reaped).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(popen.pid, signal.SIGKILL)
     for popen in popens:
         for pipe in (popen.stdin, popen.stdout, popen.stderr):
             if pipe is not None:

@@ -201,24 +201,22 @@ class ForkedChild:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen says
-                self.returncode = 0
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
+            self._waitpid(os.WNOHANG)
         return self.returncode
 
     def wait(self) -> int:
-        if self.returncode is None:
-            try:
-                _, status = os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                self.returncode = 0
-            else:
-                self.returncode = os.waitstatus_to_exitcode(status)
+        while self.returncode is None:
+            self._waitpid(0)
         return self.returncode
+
+    def _waitpid(self, options: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, options)
+        except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen says
+            pid, status = self.pid, 0
+        if pid:
+            self.returncode = os.waitstatus_to_exitcode(status)
+            self.exec_error()  # gone: its report is complete (EOF at once); closes the pipe
 
     def __repr__(self) -> str:
         return f"<ForkedChild pid={self.pid} returncode={self.returncode}>"
