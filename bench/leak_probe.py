@@ -274,9 +274,10 @@ def audit_toml(tmp: Path, sink: str) -> str:
 
 
 async def ask(pid: int, out: Path, tag: str, timeout: float = 120) -> dict[str, Any]:
+    path = out / f"{tag}.json"
+    path.unlink(missing_ok=True)  # an earlier run into the same --out left one
     (out / "request").write_text(tag)
     os.kill(pid, signal.SIGUSR1)
-    path = out / f"{tag}.json"
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -433,8 +434,8 @@ def type_growth(samples: list[dict[str, Any]], first: int, top: int = 10) -> str
 
 def sqlite_batches(batches: int, seed: int, max_batch: int) -> None:
     """Writes `batches` batches of random sizes (1..max_batch, as the audit pipeline's batches
-    vary with load) through SqliteSink._write_sync, as it is and with chunks in powers of two,
-    and prints SQLite's heap (sqlite3_memory_used) and the write time per row as it goes."""
+    vary with load) through SqliteSink._write_sync, as shipped, and prints SQLite's heap
+    (sqlite3_memory_used) and the write time per row as it goes."""
     import random
 
     sys.path.insert(0, str(ROOT / "src"))

@@ -871,19 +871,19 @@ async def test_two_logs_in_one_process_spool_separately(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("n", [0, 1, 3, 46, 200, 256, 257, 1000, 1234])
 def test_sqlite_inserts_cover_every_row_with_few_statement_shapes(n: int) -> None:
-    from sentinel_gw.ops.audit import _COLUMNS, _ROWS_PER_INSERT, _insert_values
+    from sentinel_gw.ops.audit import _COLUMNS, _INSERT_SHAPES, _ROWS_PER_INSERT, _insert_values
 
     events = [call(i, id=f"{i:032x}") for i in range(n)]
     pieces = list(_insert_values(events))
     assert len(pieces) == -(-n // _ROWS_PER_INSERT)  # one statement per _ROWS_PER_INSERT events
     for size, values in pieces:
-        assert size <= _ROWS_PER_INSERT and size & (size - 1) == 0 and len(values) == size * len(_COLUMNS)
+        assert size in _INSERT_SHAPES and len(values) == size * len(_COLUMNS)
     ids = [
         values[i + _COLUMNS.index("id")] for _, values in pieces for i in range(0, len(values), len(_COLUMNS))
     ]
     assert list(dict.fromkeys(ids)) == [e.id for e in events]  # every event, in order; copies only repeat
     shapes = {size for m in range(1, 600) for size, _ in _insert_values([call(0)] * m)}
-    assert len(shapes) <= 9  # SQLite caches one prepared statement per shape
+    assert shapes == {1, 16, 256}  # SQLite keeps one prepared statement per shape
 
 
 @pytest.mark.parametrize("sizes", [[1], [3, 1, 200], [257], [600, 5]])

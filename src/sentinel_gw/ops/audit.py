@@ -616,18 +616,21 @@ _MAX_VARIABLES = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 # The largest INSERT, a power of two rows: 256 rows of this table are ~0.6 MiB of prepared
 # statement inside SQLite (on SQLite < 3.32, 32 rows).
 _ROWS_PER_INSERT = min(256, 1 << ((_MAX_VARIABLES // len(_COLUMNS)).bit_length() - 1))
+_INSERT_SHAPES = tuple(sorted({1, min(16, _ROWS_PER_INSERT), _ROWS_PER_INSERT}))
 _ROW_MARKS = f"({', '.join('?' for _ in _COLUMNS)})"
 
 
 def _insert_values(events: Sequence[AuditEvent]) -> Iterator[tuple[int, list[Any]]]:
-    """(rows, values) per INSERT: `_ROWS_PER_INSERT` events at a time, each piece padded to a power
-    of two rows by repeating its last row (INSERT OR IGNORE skips the copies: same id). So a batch
-    of up to `_ROWS_PER_INSERT` events is one statement, and at most 9 statement shapes are ever
-    prepared (every size from 1 to 200 would leave SQLite caching megabytes of statements: found
-    by bench/leak_probe.py, where it looked like a slow leak)."""
+    """(rows, values) per INSERT: `_ROWS_PER_INSERT` events at a time, each piece padded to the
+    next of `_INSERT_SHAPES` rows by repeating its last row (INSERT OR IGNORE skips the copies:
+    same id). So a batch of up to `_ROWS_PER_INSERT` events is one statement, and only three
+    statement shapes are ever prepared. SQLite keeps each prepared statement (~2.4 KiB per row):
+    with every power of two (9 shapes, ~1.2 MiB) each new batch size seen under a changing load
+    added memory at a random time, which bench/leak_probe.py saw as a slow leak. A copied row
+    costs a unique-index probe, about 3 us: at most ~0.7 ms for a batch of 17."""
     for start in range(0, len(events), _ROWS_PER_INSERT):
         chunk = events[start : start + _ROWS_PER_INSERT]
-        size = 1 << (len(chunk) - 1).bit_length()
+        size = next(rows for rows in _INSERT_SHAPES if rows >= len(chunk))
         values = [value for ev in chunk for value in _to_row(ev)]
         values += values[-len(_COLUMNS) :] * (size - len(chunk))
         yield size, values
