@@ -312,6 +312,9 @@ def _serve_with(  # type: ignore[no-untyped-def]
     log = logging.getLogger("sentinel_gw.serve")
     for name, popen in prespawned.items():
         log.debug("backend %s: launched before authentication (pid %d)", name, popen.pid)
+    waited = getattr(args.early_launches, "waited", 0.0)
+    if waited:
+        log.debug("start-up stood back %.0f ms while the booting backends kept every CPU busy", waited * 1e3)
     try:
         policy = PolicyEngine(config, environ=environ)
         # HTTP callers bring their own tokens, so --no-stdio needs none.

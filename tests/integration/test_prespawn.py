@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,74 @@ def test_what_popen_refuses_is_reported_by_the_loader(tmp_path: Path, line: str,
     )
     assert done.returncode == 2, done.stderr
     assert reason in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+# -- standing back while the early children boot (early.let_backends_boot) ------------------------
+
+
+def _state(pid: int) -> bytes:
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        return fh.read().rpartition(b")")[2][1:2]
+
+
+@pytest.fixture
+def children() -> Iterator[Callable[..., list[int]]]:
+    """Start processes (argv lists); all are killed and reaped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*argvs: list[str]) -> list[int]:
+        started.extend(subprocess.Popen(argv, stdin=subprocess.DEVNULL) for argv in argvs)
+        return [p.pid for p in started[-len(argvs) :]]
+
+    yield start
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+BUSY = [sys.executable, "-c", "while True: pass"]
+IDLE = [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_running_is_read_after_the_last_parenthesis(tmp_path: Path) -> None:
+    from sentinel_gw.early import _running
+
+    odd = tmp_path / "odd"
+    odd.write_bytes(b"12 (a) R (b) S 1 12 12 0 -1\n")  # a command name holding ") R ("
+    running = tmp_path / "running"
+    running.write_bytes(b"13 (python3) R 1 13 13 0 -1\n")
+    zombie = tmp_path / "zombie"
+    zombie.write_bytes(b"14 (python3) Z 1 14 14 0 -1\n")
+    assert _running([str(odd), str(running), str(zombie), str(tmp_path / "gone")]) == 1
+
+
+def test_serve_stands_back_while_its_children_keep_every_core_busy(
+    children: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentinel_gw import early
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    pids = children(BUSY, BUSY)
+    # A busy loop is always running or runnable: nothing frees a core before the cap.
+    assert early.let_backends_boot(pids, cap=0.3) >= 0.3
+    # With one of them gone a core is free: no wait at all.
+    os.kill(pids[0], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _state(pids[0]) not in (b"Z", b"X") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert early.let_backends_boot(pids, cap=0.3) == 0.0
+
+
+def test_serve_does_not_wait_for_idle_children_or_with_a_core_to_spare(
+    children: Callable[..., list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sentinel_gw import early
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    idle = children(IDLE, IDLE)
+    deadline = time.monotonic() + 30
+    while any(_state(pid) != b"S" for pid in idle):  # booted: asleep
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert early.let_backends_boot(idle, cap=5) == 0.0
+    assert early.let_backends_boot(children(BUSY), cap=5) == 0.0  # fewer children than cores
