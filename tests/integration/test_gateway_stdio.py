@@ -199,6 +199,7 @@ async def test_timeout_cancels_upstream_and_answers(make_config, open_gateway):
     reply = await gw.request_raw("tools/call", {"name": "slow", "arguments": {"seconds": 20}})
     assert reply["error"]["code"] == -32008
     assert reply["error"]["data"]["reason"] == "timeout"
+    assert "did not answer tools/call within 0.5 s" in reply["error"]["message"]
     assert "y" in texts(await gw.request("tools/call", {"name": "echo", "arguments": {"message": "y"}}))
 
 
@@ -394,6 +395,8 @@ async def test_unanswered_question_ends_at_the_hard_deadline(make_config, open_g
     assert asked == ["elicitation/create"]
     assert reply["error"]["code"] == -32008
     assert reply["error"]["data"]["reason"] == "timeout"
+    # The limit that ended it is the cap, not the idle timeout the open question suspended.
+    assert "did not finish tools/call within max_timeout_secs (2 s)" in reply["error"]["message"]
     assert "y" in texts(await gw.request("tools/call", {"name": "echo", "arguments": {"message": "y"}}))
 
 
@@ -407,6 +410,7 @@ async def test_idle_timeout_restarts_once_the_question_is_answered(make_config, 
     reply = await gw.request_raw("tools/call", call, timeout=10)
     assert asked == ["elicitation/create"]
     assert reply["error"]["data"]["reason"] == "timeout"
+    assert "did not answer tools/call within 0.5 s" in reply["error"]["message"]
 
 
 async def test_short_timeout_fires_while_a_longer_call_is_pending(make_config, open_gateway):

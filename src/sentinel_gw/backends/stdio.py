@@ -324,9 +324,12 @@ class StdioBackend:
             return await pending.future
         except _Expired:
             self._cancel_upstream(req_id, "timeout")
-            raise BackendError(
-                self.name, "timeout", f"Backend '{self.name}' did not answer {method} within {timeout:g} s"
-            ) from None
+            if pending.expires >= deadline and deadline - now > timeout:
+                # Progress or a question to the user kept it alive until the hard cap.
+                reason = f"did not finish {method} within max_timeout_secs ({deadline - now:g} s)"
+            else:
+                reason = f"did not answer {method} within {timeout:g} s"
+            raise BackendError(self.name, "timeout", f"Backend '{self.name}' {reason}") from None
         except asyncio.CancelledError:
             self._cancel_upstream(req_id, "cancelled by client")
             raise
