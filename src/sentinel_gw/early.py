@@ -233,8 +233,8 @@ def let_backends_boot(pids: Sequence[int], cap: float = BOOT_YIELD_CAP) -> float
     seconds; the time slept. The gateway's own start (imports, config, policy: ~130 ms of CPU) is
     shorter than a typical backend's boot and so is not what the first complete tools/list waits
     for; competing with the booting backends for too few cores is: on 2 cores, three booting
-    backends plus the gateway delayed the slowest backend by ~15 ms more than the backends alone
-    did (bench scenario 5). So while at least as many children are running as there are cores,
+    backends plus the gateway delayed the slowest backend by 20-30 ms more than the backends
+    alone did (bench scenario 5). So while at least as many children are running as there are cores,
     the gateway waits; once a core is free (the fast ones are up and waiting on their stdin), it
     starts. A machine with more cores than backends, or one without /proc, never waits."""
     try:

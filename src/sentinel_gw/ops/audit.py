@@ -627,7 +627,7 @@ def _insert_values(events: Sequence[AuditEvent]) -> Iterator[tuple[int, list[Any
     statement shapes are ever prepared. SQLite keeps each prepared statement (~2.4 KiB per row):
     with every power of two (9 shapes, ~1.2 MiB) each new batch size seen under a changing load
     added memory at a random time, which bench/leak_probe.py saw as a slow leak. A copied row
-    costs a unique-index probe, about 3 us: at most ~0.7 ms for a batch of 17."""
+    costs ~4 us (binding and a unique-index probe): ~1 ms more for a batch of 17."""
     for start in range(0, len(events), _ROWS_PER_INSERT):
         chunk = events[start : start + _ROWS_PER_INSERT]
         size = next(rows for rows in _INSERT_SHAPES if rows >= len(chunk))
