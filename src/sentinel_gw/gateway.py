@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from sentinel_gw import __version__, observe
-from sentinel_gw.backends.base import BackendError, BackendState
+from sentinel_gw.backends.base import BackendError, BackendState, Caller
 from sentinel_gw.backends.stdio import StdioBackend
 from sentinel_gw.catalog import Catalog, CatalogView, Entry
 from sentinel_gw.config_schema import BackendConfig, Config
@@ -143,6 +143,10 @@ class Gateway:
         self.policy = policy or PolicyEngine(config, environ=self.environ)
         self._prespawned = {} if prespawned is None else prespawned
         self.sessions: set[Session] = set()
+        # (backend, roles) -> whether RBAC shows those roles anything of the backend; valid for
+        # one catalog view and one policy (see _sees_backend).
+        self._sight: dict[tuple[str, tuple[str, ...]], bool] = {}
+        self._sight_of: tuple[CatalogView, PolicyEngine] | None = None
         self.backends: dict[str, AnyBackend] = {}
         self.catalog = Catalog(
             [b.name for b in config.backends],
@@ -750,8 +754,9 @@ class Gateway:
         request_id = current_request_id.get()
         calls.add(request_id)
         relay = self._progress_relay(session, params)
+        caller = Caller(session, request_id)
         try:
-            result = await backend.request(method, params, timeout=timeout, on_progress=relay)
+            result = await backend.request(method, params, timeout=timeout, on_progress=relay, caller=caller)
             if result.get("resultType") != "input_required":
                 return result
             if modern_client:
@@ -773,7 +778,9 @@ class Gateway:
                 )
                 if "requestState" in result:
                     retry["requestState"] = result["requestState"]
-                result = await backend.request(method, retry, timeout=timeout, on_progress=relay)
+                result = await backend.request(
+                    method, retry, timeout=timeout, on_progress=relay, caller=caller
+                )
             return result
         finally:
             calls.discard(request_id)
@@ -1260,7 +1267,9 @@ class Gateway:
         for kind in LIST_CHANGED:
             self._broadcast_list_changed(kind)
 
-    def backend_notification(self, backend: Any, method: str, params: dict[str, Any]) -> None:
+    def backend_notification(
+        self, backend: Any, method: str, params: dict[str, Any], caller: Caller | None = None
+    ) -> None:
         if method in (
             "notifications/tools/list_changed",
             "notifications/prompts/list_changed",
@@ -1274,7 +1283,7 @@ class Gateway:
             for who in list(self._subscribers.get((backend.name, uri), ())) if isinstance(uri, str) else ():
                 who.notify(method, params)
         elif method == "notifications/message":
-            self._relay_log(backend, params)
+            self._relay_log(backend, params, caller)
         elif method == "notifications/cancelled":
             backend.cancel_server_request(params.get("requestId"))
         else:
@@ -1297,22 +1306,78 @@ class Gateway:
 
         self._refresh_tasks[key] = asyncio.create_task(later())
 
-    def _relay_log(self, backend: AnyBackend, params: dict[str, Any]) -> None:
+    def _relay_log(self, backend: AnyBackend, params: dict[str, Any], caller: Caller | None) -> None:
+        """A backend's log line goes only where it cannot cross tenants: to the caller whose
+        request's stream carried it, or, when nothing ties it to a request (a stdio backend, an
+        HTTP backend's GET stream), to the sessions RBAC lets see the backend, and then only if
+        they all belong to one identity. Backend logs may name files, users and arguments of a
+        call (MCP-PROTOCOL 9.9: on shared connections, forwarding them would leak)."""
         if self.policy.backend_killed(backend.name):
             return
+        if caller is not None:
+            recipients = [caller.session] if caller.session in self.sessions else []
+            related = caller.request_id
+        else:
+            recipients = [
+                s for s in self.sessions if s.state != "new" and self._sees_backend(s.identity, backend.name)
+            ]
+            related = None
+            if len({_principal(s.identity) for s in recipients}) > 1:
+                log.debug("backend %s: log line not relayed: it belongs to no request", backend.name)
+                return
         level = params.get("level")
         rank = LOG_LEVEL_RANK.get(level, 0) if isinstance(level, str) else 0
         logger = params.get("logger")
         out = {**params, "logger": f"{backend.name}/{logger}" if isinstance(logger, str) else backend.name}
-        for session in list(self.sessions):
+        for session in recipients:
             wanted = session.log_level
             if session.state != "new" and (wanted is None or rank >= LOG_LEVEL_RANK[wanted]):
-                session.notify("notifications/message", out)
+                session.notify("notifications/message", out, related)
+
+    def _sees_backend(self, identity: Any, backend: str) -> bool:
+        """Whether RBAC shows `identity` anything of `backend`: a tool, prompt, resource or template.
+        It depends on the roles only: one catalog scan per roles and backend, until the catalog or
+        the policy changes (a chatty backend must not cost a scan per session per line)."""
+        view, policy = self.catalog.view, self.policy
+        stale = self._sight_of is None or self._sight_of[0] is not view or self._sight_of[1] is not policy
+        if stale or len(self._sight) > 4096:  # roles come from tokens: bound it anyway
+            self._sight.clear()
+            self._sight_of = (view, policy)
+        key = (backend, tuple(identity.roles) if identity is not None else ())
+        seen = self._sight.get(key)
+        if seen is None:
+            seen = self._sight[key] = self._scan_sight(view, policy, identity, backend)
+        return seen
+
+    @staticmethod
+    def _scan_sight(view: CatalogView, policy: PolicyEngine, identity: Any, backend: str) -> bool:
+        return (
+            any(e.backend == backend and policy.tool_visible(identity, e) for e in view.known_tools.values())
+            or any(
+                e.backend == backend and policy.prompt_visible(identity, e)
+                for e in view.known_prompts.values()
+            )
+            or any(
+                r.backend == backend and policy.resource_visible(identity, r.uri, backend)
+                for r in view.resources
+            )
+            or any(
+                t.backend == backend and policy.resource_visible(identity, t.template, backend)
+                for t in view.templates
+            )
+        )
 
     async def backend_request(
-        self, backend: Any, method: str, params: dict[str, Any], *, session: Session | None = None
+        self,
+        backend: Any,
+        method: str,
+        params: dict[str, Any],
+        caller: Caller | None = None,
+        *,
+        session: Session | None = None,
     ) -> dict[str, Any]:
-        """A backend asks the client something (sampling, elicitation, roots)."""
+        """A backend asks the client something (sampling, elicitation, roots). `caller`: the
+        request whose stream the question came on (HTTP backends): it is that client's."""
         capability = CLIENT_REQUEST_CAPABILITY.get(method)
         if capability is None:
             raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"Method not found: {method}")
@@ -1323,6 +1388,9 @@ class Gateway:
         if method == "elicitation/create" and isinstance(params.get("message"), str):
             # The user must see which server is asking.
             params = {**params, "message": f"[{backend.name}] {params['message']}"}
+        related = None
+        if session is None and caller is not None:
+            session, related = caller.session, caller.request_id
         if session is None:
             target = self._route_server_request(backend.name, capability)
             if isinstance(target, ParkedCall):
@@ -1332,8 +1400,9 @@ class Gateway:
             session = target
         elif capability not in session.client_capabilities:
             raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"The client does not support {capability}")
-        calls = session.backend_calls.get(backend.name) or set()
-        related = next(iter(calls)) if len(calls) == 1 else None  # the call it must belong to
+        if related is None:
+            calls = session.backend_calls.get(backend.name) or set()
+            related = next(iter(calls)) if len(calls) == 1 else None  # the call it must belong to
         return await session.request(method, params, self.config.gateway.client_request_timeout_secs, related)
 
     def _route_server_request(self, backend: str, capability: str) -> Session | ParkedCall:
@@ -1381,6 +1450,11 @@ class Gateway:
             }
             for name, b in self.backends.items()
         }
+
+
+def _principal(identity: Any) -> tuple[Any, Any]:
+    """Who a session acts for: sessions with the same one are the same tenant."""
+    return (identity.issuer, identity.subject) if identity is not None else (None, None)
 
 
 def _without_subscription_id(params: dict[str, Any]) -> dict[str, Any]:

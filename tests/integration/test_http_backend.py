@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sentinel_gw.backends.base import BackendError, BackendState
+from sentinel_gw.backends.base import BackendError, BackendState, Caller
 from sentinel_gw.backends.http import HttpBackend
 from sentinel_gw.config_schema import BackendConfig, BreakerConfig
 from sentinel_gw.protocol import jsonrpc
@@ -34,6 +34,7 @@ class FakeEvents:
         self.down: list[str] = []
         self.notifications: list[tuple[str, dict[str, Any]]] = []
         self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.callers: list[tuple[str, Caller | None]] = []  # what the backend named as the asker
         self.caps: dict[str, Any] = {"sampling": {}}
 
     def backend_ready(self, backend: Any) -> None:
@@ -42,11 +43,17 @@ class FakeEvents:
     def backend_down(self, backend: Any, reason: str) -> None:
         self.down.append(reason)
 
-    def backend_notification(self, backend: Any, method: str, params: dict[str, Any]) -> None:
+    def backend_notification(
+        self, backend: Any, method: str, params: dict[str, Any], caller: Caller | None = None
+    ) -> None:
         self.notifications.append((method, params))
+        self.callers.append((method, caller))
 
-    async def backend_request(self, backend: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def backend_request(
+        self, backend: Any, method: str, params: dict[str, Any], caller: Caller | None = None
+    ) -> dict[str, Any]:
         self.requests.append((method, params))
+        self.callers.append((method, caller))
         return {"role": "assistant", "content": {"type": "text", "text": "from client"}, "model": "m"}
 
     async def upstream_capabilities(self) -> dict[str, Any]:
@@ -205,6 +212,30 @@ async def test_progress_and_notifications_before_the_result(
         "notifications/message",
         "notifications/tools/list_changed",
     ]
+
+
+async def test_what_comes_on_a_post_stream_names_that_requests_caller(
+    server: ServerFactory, backend: BackendFactory
+) -> None:
+    # Two callers at once: the log line and the question each came on one request's own stream,
+    # and the backend hands back that request's caller (the gateway routes by it); the GET
+    # stream's messages and a call without a caller name nobody.
+    srv = await server()
+    b, events = await backend(srv.url)
+    alice, bob = Caller("alice-session", 7), Caller("bob-session", 7)
+    logged, sampled = await bounded(
+        asyncio.gather(
+            b.request("tools/call", call("progress", steps=1), caller=alice),
+            b.request("tools/call", call("sample"), caller=bob),
+        )
+    )
+    assert text(logged) == "done" and text(sampled) == "sampled: from client"
+    assert ("notifications/message", alice) in events.callers
+    assert ("notifications/tools/list_changed", alice) in events.callers
+    assert ("sampling/createMessage", bob) in events.callers
+    assert len(events.callers) == 3
+    await bounded(b.request("tools/call", call("progress", steps=1)))
+    assert events.callers[3:] == [("notifications/message", None), ("notifications/tools/list_changed", None)]
 
 
 async def test_server_request_on_the_post_stream_is_routed_and_answered(
@@ -502,8 +533,10 @@ def slow_user(events: FakeEvents, delay: float) -> None:
     """The client's user takes `delay` s to answer the server's questions (recorded when asked)."""
     answer = events.backend_request
 
-    async def slowly(backend: Any, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        result = await answer(backend, method, params)
+    async def slowly(
+        backend: Any, method: str, params: dict[str, Any], caller: Caller | None = None
+    ) -> dict[str, Any]:
+        result = await answer(backend, method, params, caller)
         await asyncio.sleep(delay)
         return result
 

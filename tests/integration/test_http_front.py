@@ -17,6 +17,7 @@ import pytest
 
 from sentinel_gw.httpwire import HttpClient, Timeouts, parse_response_head
 from tests.conftest import GATEWAY, backend, gateway_env, make_token, render_config
+from tests.servers.http_server import HttpMcpServer, Options
 
 GUARD = 15.0  # bounded waits: generous, never asserted on
 ACCEPT = "application/json, text/event-stream"
@@ -41,14 +42,22 @@ def free_port() -> int:
 class Gateway:
     """`sentinel-gw serve --no-stdio` as a child process listening on a free loopback port."""
 
-    def __init__(self, directory: Path, http: str, *, policy: str = POLICY, gateway: str = "") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        http: str,
+        *,
+        policy: str = POLICY,
+        gateway: str = "",
+        backends: list[dict[str, Any]] | None = None,
+    ) -> None:
         self.dir = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         extra = f'{policy}\n[gateway]\n{gateway}\n[http]\nlisten = "127.0.0.1:{self.port}"\n{http}\n'
         extra += f'[kill_switch]\nfile = "{directory / "kill.json"}"\n'
         self.config = directory / "sentinel.toml"
-        self.config.write_text(render_config([backend("a")], extra, auth="jwt"))
+        self.config.write_text(render_config(backends or [backend("a")], extra, auth="jwt"))
         self.log = directory / "gateway.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
@@ -163,10 +172,13 @@ class Mcp:
             msg["params"] = params
         return await self.post(msg, **kw)
 
-    async def initialize(self, version: str = "2025-11-25") -> Reply:
+    async def initialize(
+        self, version: str = "2025-11-25", capabilities: dict[str, Any] | None = None
+    ) -> Reply:
         self.sid = None
         r = await self.request(
-            "initialize", {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "probe"}}
+            "initialize",
+            {"protocolVersion": version, "capabilities": capabilities or {}, "clientInfo": {"name": "probe"}},
         )
         assert r.status == 200, r.raw
         self.sid = r.headers.get("mcp-session-id")
@@ -634,3 +646,113 @@ async def test_2026_header_checks(gw: Gateway, client: HttpClient) -> None:
     assert (
         await m.send("GET", headers=m.headers({"MCP-Protocol-Version": "2026-07-28"}, session=False))
     ).status == 405
+
+
+async def test_backend_logs_go_to_one_tenant_only(tmp_path: Path, client: HttpClient) -> None:
+    """A stdio backend's log lines belong to no request: they are relayed while every session
+    that may see the backend acts for one identity, and to nobody once another identity is
+    connected (a log line may describe someone else's call)."""
+    outsider_role = '[rbac.roles.outsider]\npermissions = ["tools.call"]\nallow_tools = ["nothing"]\n'
+    g = Gateway(tmp_path, "sse_keepalive_secs = 0.3\n", policy=POLICY + outsider_role)
+    streams: list[Any] = []
+    try:
+
+        async def watch(token: str) -> Any:
+            m = Mcp(client, g.url, token)
+            await m.initialize()
+            headers = [(k, v) for k, v in m.headers() if k != "Content-Type"]
+            resp = await client.request("GET", g.url, headers=headers, timeouts=Timeouts(read=GUARD))
+            assert resp.status == 200
+            streams.append(resp)
+            return resp.sse()
+
+        async def seen_until_list_changed(events: Any) -> list[str]:
+            seen: list[str] = []
+            async for event in events:
+                method = json.loads(event.data).get("method") if event.data else None
+                if method == "notifications/tools/list_changed":
+                    return seen
+                if method:
+                    seen.append(method)
+            raise AssertionError("stream ended")
+
+        async def log_then_change(caller: Mcp) -> None:
+            assert (await caller.request("tools/call", {"name": "log", "arguments": {}})).status == 200
+            assert (await caller.request("tools/call", {"name": "add_tool", "arguments": {}})).status == 200
+
+        alice = Mcp(client, g.url, ALICE)
+        await alice.initialize()
+        alice_watch = await watch(ALICE)
+        # Another identity whose roles show it nothing of the backend: not a recipient, and not a
+        # second tenant either.
+        outsider_watch = await watch(make_token("olga", ["outsider"]))
+        await log_then_change(alice)
+        seen = await asyncio.wait_for(seen_until_list_changed(alice_watch), GUARD)
+        assert seen.count("notifications/message") == 8  # one identity: relayed (every level)
+        seen = await asyncio.wait_for(seen_until_list_changed(outsider_watch), GUARD)
+        assert "notifications/message" not in seen
+
+        bob_watch = await watch(BOB)
+        await log_then_change(alice)
+        for events in (alice_watch, bob_watch):
+            seen = await asyncio.wait_for(seen_until_list_changed(events), GUARD)
+            assert "notifications/message" not in seen
+    finally:
+        for resp in streams:
+            await resp.aclose()
+        assert g.stop() == 0, g.log.read_text()
+
+
+async def test_a_question_goes_to_the_caller_on_whose_stream_it_came(
+    tmp_path: Path, client: HttpClient
+) -> None:
+    """Two users call the same HTTP backend; each call asks its user a question on its own
+    response stream. The gateway knows whose it is from the stream (it used to refuse a question
+    while two callers had calls in flight there: it could not tell which one asked)."""
+    srv = HttpMcpServer(Options())
+    await srv.start()
+    entry = {"name": "h", "type": "http", "url": srv.url, "prefix": "h", "health_interval_secs": 0}
+    g = Gateway(tmp_path, "", backends=[entry])
+    alice_answered = asyncio.Event()
+    try:
+
+        async def call_sample(token: str, answer: str, then_sleep: float) -> Any:
+            m = Mcp(client, g.url, token)
+            await m.initialize(capabilities={"sampling": {}})
+            m.next_id += 1
+            msg = {"jsonrpc": "2.0", "id": m.next_id, "method": "tools/call"}
+            msg["params"] = {"name": "h_sample", "arguments": {"then_sleep": then_sleep}}
+            resp = await client.request(
+                "POST",
+                g.url,
+                headers=m.headers(),
+                body=json.dumps(msg).encode(),
+                timeouts=Timeouts(read=GUARD),
+            )
+            async with resp:
+                assert resp.status == 200
+                async for event in resp.sse():
+                    got = json.loads(event.data) if event.data else {}
+                    if got.get("method") == "sampling/createMessage":
+                        content = {"type": "text", "text": answer}
+                        result = {"role": "assistant", "content": content, "model": "m"}
+                        reply = await m.post({"jsonrpc": "2.0", "id": got["id"], "result": result})
+                        assert reply.status == 202
+                        if answer == "alice":
+                            alice_answered.set()
+                    elif got.get("id") == m.next_id:
+                        return got
+            raise AssertionError("the stream ended without the answer")
+
+        async def bob_after_alice() -> Any:
+            await asyncio.wait_for(alice_answered.wait(), GUARD)  # her call is still running
+            return await call_sample(BOB, "bob", 0)
+
+        alice, bob = await asyncio.wait_for(
+            asyncio.gather(call_sample(ALICE, "alice", 3.0), bob_after_alice()), 4 * GUARD
+        )
+        assert alice["result"]["content"][0]["text"] == "sampled: alice", alice
+        assert bob["result"]["content"][0]["text"] == "sampled: bob", bob
+    finally:
+        assert g.stop() == 0, g.log.read_text()
+        await asyncio.wait_for(srv.stop(), GUARD)

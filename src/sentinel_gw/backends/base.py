@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sentinel_gw.protocol import jsonrpc
 
@@ -76,6 +76,16 @@ class BackendError(jsonrpc.JsonRpcError):
 ProgressCallback = Callable[[dict[str, Any]], None]
 
 
+class Caller(NamedTuple):
+    """The client request a backend call serves (the gateway's session object and the client's
+    request id). A backend whose transport ties messages to a call (an HTTP backend's response
+    stream: what the server sends there belongs to that request) hands it back with them, so a
+    question or a log line goes to that caller and to nobody else. Opaque to backends."""
+
+    session: Any
+    request_id: Any
+
+
 class BackendEvents(Protocol):
     """Implemented by the gateway; called by backends from their own tasks."""
 
@@ -83,10 +93,12 @@ class BackendEvents(Protocol):
 
     def backend_down(self, backend: Backend, reason: str) -> None: ...
 
-    def backend_notification(self, backend: Backend, method: str, params: dict[str, Any]) -> None: ...
+    def backend_notification(
+        self, backend: Backend, method: str, params: dict[str, Any], caller: Caller | None = None
+    ) -> None: ...
 
     def backend_request(
-        self, backend: Backend, method: str, params: dict[str, Any]
+        self, backend: Backend, method: str, params: dict[str, Any], caller: Caller | None = None
     ) -> Awaitable[dict[str, Any]]: ...
 
     async def upstream_capabilities(self) -> dict[str, Any]: ...
@@ -111,6 +123,7 @@ class Backend(Protocol):
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        caller: Caller | None = None,
     ) -> dict[str, Any]: ...
 
     async def notify(self, method: str, params: dict[str, Any] | None = None) -> None: ...

@@ -40,6 +40,7 @@ from sentinel_gw.backends.base import (
     BackendError,
     BackendEvents,
     BackendState,
+    Caller,
     OpenQuestions,
     ProgressCallback,
 )
@@ -187,7 +188,7 @@ class _Deadline:
 
 
 class _Pending:
-    __slots__ = ("deadline", "future", "last_progress", "method", "on_progress", "wake")
+    __slots__ = ("caller", "deadline", "future", "last_progress", "method", "on_progress", "wake")
 
     def __init__(
         self,
@@ -195,11 +196,13 @@ class _Pending:
         method: str,
         on_progress: ProgressCallback | None,
         deadline: _Deadline,
+        caller: Caller | None,
     ) -> None:
         self.future = future
         self.method = method
         self.on_progress = on_progress
         self.deadline = deadline
+        self.caller = caller  # handed back with what the server sends on this request's stream
         self.last_progress: float | None = None
         # Set when the deadline moves earlier (a question was answered): the waiter recomputes.
         self.wake: asyncio.Future[None] = future.get_loop().create_future()
@@ -341,6 +344,7 @@ class HttpBackend:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         if not self._ready.is_set():
             raise BackendError(
@@ -376,6 +380,7 @@ class HttpBackend:
                 on_progress,
                 retry_safe=retry_safe,
                 retries=self.cfg.retries,
+                caller=caller,
             )
         finally:
             self._active -= 1
@@ -431,6 +436,7 @@ class HttpBackend:
         *,
         retry_safe: bool,
         retries: int,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         self._budget.deposit()
         delays: Iterator[float] = backoff_delays(RETRY_INITIAL, RETRY_MAX, rng=self._rng)
@@ -444,7 +450,7 @@ class HttpBackend:
             generation = self._generation
             try:
                 try:
-                    result = await self._attempt(method, params, deadline, on_progress)
+                    result = await self._attempt(method, params, deadline, on_progress, caller=caller)
                 except jsonrpc.JsonRpcError as exc:
                     if self._turned_modern(exc):
                         raise _SessionExpired(generation, "now refuses handshake-era requests") from None
@@ -529,6 +535,7 @@ class HttpBackend:
         *,
         capture_session: bool = False,
         version: str | None = None,
+        caller: Caller | None = None,
     ) -> dict[str, Any]:
         """One POST and its answer. `version` sends a 2026-07-28 request whose params already
         carry their `_meta` (the era probe); once connected in that era every request does."""
@@ -546,7 +553,7 @@ class HttpBackend:
             else:
                 on_progress = None
         loop = asyncio.get_running_loop()
-        pending = _Pending(loop.create_future(), method, on_progress, deadline)
+        pending = _Pending(loop.create_future(), method, on_progress, deadline, caller)
         if self._questions:
             deadline.hold()
         elif deadline.held:  # the question was answered between two attempts
@@ -802,7 +809,7 @@ class HttpBackend:
                     continue  # priming event or a reconnection hint
                 answered = False
                 for message in self._decode(event.data, "SSE event"):
-                    self._on_message(message)
+                    self._on_message(message, via=req_id)
                     if "method" not in message and message.get("id") == req_id:
                         answered = True
                 if answered:
@@ -953,7 +960,10 @@ class HttpBackend:
 
     # -- incoming messages ---------------------------------------------------------------------
 
-    def _on_message(self, message: dict[str, Any]) -> None:
+    def _on_message(self, message: dict[str, Any], via: int | None = None) -> None:
+        """`via`: our id of the request on whose response stream the message came. MCP has the
+        server send there what relates to that request, so its questions and log lines go to the
+        client that made it; anything else (the GET stream, HTTP+SSE) names no caller."""
         method = message.get("method")
         if method is None:
             msg_id = message.get("id")
@@ -971,7 +981,7 @@ class HttpBackend:
                 log.warning("backend %s: server request %s dropped (2026-07-28)", self.name, method)
                 return
             req_id = message["id"]
-            task = asyncio.create_task(self._answer_server_request(req_id, method, params))
+            task = asyncio.create_task(self._answer_server_request(req_id, method, params, self._caller(via)))
             self._server_requests[req_id] = task
             # Ids restart with each connection: only forget the entry if it is still this task.
             task.add_done_callback(
@@ -986,7 +996,11 @@ class HttpBackend:
         if method == "notifications/progress":
             self._on_progress(params)
             return
-        self.events.backend_notification(self, method, params)
+        self.events.backend_notification(self, method, params, self._caller(via))
+
+    def _caller(self, via: int | None) -> Caller | None:
+        entry = self._pending.get(via) if via is not None else None
+        return entry.caller if entry is not None else None
 
     def _on_progress(self, params: dict[str, Any]) -> None:
         token = params.get("progressToken")
@@ -1015,12 +1029,15 @@ class HttpBackend:
             if not entry.wake.done():
                 entry.wake.set_result(None)
 
-    async def _answer_server_request(self, req_id: Any, method: str, params: dict[str, Any]) -> None:
+    async def _answer_server_request(
+        self, req_id: Any, method: str, params: dict[str, Any], caller: Caller | None
+    ) -> None:
         if method == "ping":
             reply = jsonrpc.result(req_id, {})
         else:
             try:
-                reply = jsonrpc.result(req_id, await self.events.backend_request(self, method, params))
+                answer = await self.events.backend_request(self, method, params, caller)
+                reply = jsonrpc.result(req_id, answer)
             except jsonrpc.JsonRpcError as exc:
                 reply = jsonrpc.error_from(req_id, exc)
             except asyncio.CancelledError:

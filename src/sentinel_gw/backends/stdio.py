@@ -19,6 +19,7 @@ from sentinel_gw.backends.base import (
     BackendError,
     BackendEvents,
     BackendState,
+    Caller,
     OpenQuestions,
     ProgressCallback,
 )
@@ -217,6 +218,7 @@ class StdioBackend:
         *,
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
+        caller: Caller | None = None,  # one stream for all calls: nothing in it names the caller
     ) -> dict[str, Any]:
         if not self._ready.is_set():
             raise BackendError(
