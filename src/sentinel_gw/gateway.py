@@ -1408,24 +1408,28 @@ class Gateway:
     def _route_server_request(self, backend: str, capability: str) -> Session | ParkedCall:
         """Who a backend's question is for. A shared connection says nothing about which call
         asks, so it goes only where no other caller could be the one asking: the single caller
-        with calls in flight there, or, with none in flight, the single capable session."""
+        with calls in flight there, or, with none in flight, the single capable session among
+        those RBAC lets see the backend, and only while those all act for one identity (the
+        question may be about another user's earlier call: it must not reach someone else)."""
+        unclear = jsonrpc.JsonRpcError(
+            jsonrpc.METHOD_NOT_FOUND, f"Cannot tell which client a {capability} request is for"
+        )
         parked = self.parking.running_on(backend)
         busy = [s for s in self.sessions if s.backend_calls.get(backend)]
         if len(parked) + len(busy) > 1:
-            raise jsonrpc.JsonRpcError(
-                jsonrpc.METHOD_NOT_FOUND, f"Cannot tell which client a {capability} request is for"
-            )
+            raise unclear
         if parked:
             return parked[0]  # it checks the capability itself: a missing one ends the call with -32021
-        candidates = busy or [s for s in self.sessions if s.state != "new"]
+        candidates = busy or [
+            s for s in self.sessions if s.state != "new" and self._sees_backend(s.identity, backend)
+        ]
+        if len({_principal(s.identity) for s in candidates}) > 1:
+            raise unclear
         capable = [s for s in candidates if s.state != "new" and capability in s.client_capabilities]
-        if len(capable) != 1:
-            raise jsonrpc.JsonRpcError(
-                jsonrpc.METHOD_NOT_FOUND,
-                f"The client does not support {capability}"
-                if not capable
-                else f"Cannot tell which client a {capability} request is for",
-            )
+        if len(capable) > 1:
+            raise unclear
+        if not capable:
+            raise jsonrpc.JsonRpcError(jsonrpc.METHOD_NOT_FOUND, f"The client does not support {capability}")
         return capable[0]
 
     # -- helpers -------------------------------------------------------------------------------

@@ -756,3 +756,49 @@ async def test_a_question_goes_to_the_caller_on_whose_stream_it_came(
     finally:
         assert g.stop() == 0, g.log.read_text()
         await asyncio.wait_for(srv.stop(), GUARD)
+
+
+async def test_a_question_about_no_call_goes_to_no_other_identity(tmp_path: Path, client: HttpClient) -> None:
+    """A stdio backend asks while no call is in flight (about some earlier call, perhaps another
+    user's): it goes to the one capable session only while every session that may see the
+    backend acts for one identity; with another identity connected it is refused."""
+    g = Gateway(tmp_path, "sse_keepalive_secs = 0.3\n")
+    alice = Mcp(client, g.url, ALICE)
+    await alice.initialize(capabilities={"elicitation": {}})
+    headers = [(k, v) for k, v in alice.headers() if k != "Content-Type"]
+    stream = await client.request("GET", g.url, headers=headers, timeouts=Timeouts(read=GUARD))
+    asked: list[str] = []
+
+    async def answer_questions() -> None:
+        async for event in stream.sse():
+            got = json.loads(event.data) if event.data else {}
+            if got.get("method") == "elicitation/create":
+                asked.append(got["params"]["message"])
+                reply = {"jsonrpc": "2.0", "id": got["id"], "result": {"action": "decline"}}
+                assert (await alice.post(reply)).status == 202
+
+    async def outcome_of_a_later_question() -> str:
+        r = await alice.request("tools/call", {"name": "elicit_later", "arguments": {"delay": 0.2}})
+        assert r.body["result"]["content"][0]["text"] == "scheduled"
+        deadline = time.monotonic() + GUARD
+        while time.monotonic() < deadline:
+            r = await alice.request("tools/call", {"name": "last_answer", "arguments": {}})
+            if text := r.body["result"]["content"][0]["text"]:
+                return str(text)
+            await asyncio.sleep(0.05)
+        raise AssertionError("the backend never finished asking")
+
+    answering = asyncio.ensure_future(answer_questions())
+    try:
+        bob = Mcp(client, g.url, BOB)  # sees the backend, cannot be asked
+        await bob.initialize()
+        outcome = await outcome_of_a_later_question()
+        assert outcome.startswith("failed") and "Cannot tell which client" in outcome, outcome
+        assert asked == []
+        assert await bob.delete() == 204
+        assert await outcome_of_a_later_question() == 'answered {"action": "decline"}'
+        assert asked == ["[a] Later?"]
+    finally:
+        answering.cancel()
+        await stream.aclose()
+        assert g.stop() == 0, g.log.read_text()

@@ -160,6 +160,31 @@ def build_server(opts: argparse.Namespace) -> FaultyServer:
             return text_result(f"{action} {json.dumps(result['content'], sort_keys=True)}")
         return text_result(str(action))
 
+    later: dict[str, Any] = {"outcome": "", "task": None}
+
+    @server.tool(
+        "elicit_later",
+        "Answer at once; arguments.delay s later, with no call in flight, ask elicitation/create. "
+        "last_answer says how that went.",
+        ANY,
+    )
+    async def elicit_later(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        async def ask() -> None:
+            await asyncio.sleep(float(args.get("delay", 0.2)))
+            try:
+                result = await server.request_client("elicitation/create", {"message": "Later?"})
+                later["outcome"] = f"answered {json.dumps(result, sort_keys=True)}"
+            except Exception as exc:
+                later["outcome"] = f"failed {exc}"
+
+        later["outcome"] = ""
+        later["task"] = asyncio.ensure_future(ask())
+        return text_result("scheduled")
+
+    @server.tool("last_answer", "How the last elicit_later question went ('' while waiting).", ANY)
+    async def last_answer(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
+        return text_result(later["outcome"])
+
     @server.tool("roots", "List the client's roots (roots/list), one URI per line.", ANY)
     async def roots(args: dict[str, Any], ctx: Context) -> dict[str, Any]:
         result = await ctx.request_client("roots/list", {})
