@@ -57,8 +57,8 @@ from benchlib import (
     audit_rows,
     echo_backends,
     gateway_env,
+    interleaved_rounds,
     median,
-    pct,
     progress,
     ratios,
     write_config,
@@ -190,7 +190,7 @@ async def sdk_latency_throughput(
         "reencode": relay_argv("reencode", p.backend),
         "gateway": [*GATEWAY, "serve", "--config", str(cfg)],
     }
-    res = {n: {"p50": [], "p99": [], "tput": []} for n in SIDES}
+    res: dict[str, dict[str, list[float]]] = {}
     failed: Exception | None = None
     async with contextlib.AsyncExitStack() as stack:
         try:
@@ -201,26 +201,16 @@ async def sdk_latency_throughput(
                 )
             for client in sides.values():
                 await sdk_latency(client, warmup)  # imports, first-call caches, the SDK's tool listing
-            for r in range(rounds):
-                # rotate (and, every other round, reverse) the order so no side always goes first
-                order = list(SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)])
-                if r % 2:
-                    order.reverse()
-                for name in order:
-                    lat = await sdk_latency(sides[name], calls)
-                    res[name]["p50"].append(pct(lat, 0.50) * 1e3)
-                    res[name]["p99"].append(pct(lat, 0.99) * 1e3)
-                for name in order:
-                    res[name]["tput"].append(await sdk_throughput(sides[name], calls * 2, concurrency))
-                last = {f"{n}_{k}": res[n][k][-1] for n in SIDES for k in ("p50", "tput")}
-                if per_round is not None:
-                    per_round.append(last)
-                progress(
-                    f"sdk/{pairing}{suffix} round {r + 1}/{rounds} ({' / '.join(SIDES)}): p50 "
-                    + " / ".join(f"{last[n + '_p50'] * 1e3:.0f}" for n in SIDES)
-                    + " µs, calls/s "
-                    + " / ".join(f"{last[n + '_tput']:.0f}" for n in SIDES)
-                )
+            res = await interleaved_rounds(
+                sides,
+                rounds,
+                calls,
+                concurrency,
+                sdk_latency,
+                sdk_throughput,
+                f"sdk/{pairing}{suffix}",
+                per_round,
+            )
         except Exception as exc:  # re-raised once the sessions are closed (unwrapped by their task groups)
             failed = exc
     if failed is not None:

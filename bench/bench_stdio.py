@@ -41,10 +41,10 @@ from benchlib import (
     echo_backends,
     gateway_argv,
     gateway_env,
+    interleaved_rounds,
     latency,
     median,
     open_stdio,
-    pct,
     progress,
     pss_anon_mib,
     pss_mib,
@@ -104,31 +104,12 @@ async def latency_throughput(
         if relays:
             for mode in ("copy", "reencode"):
                 sides[mode] = await open_stdio(relay_argv(mode))
-        sides["gateway"] = await open_gateway(tmp, echo_backends(3), wrapper)
-        names = [n for n in SIDES if n in sides]
-        res = {n: {"p50": [], "p99": [], "tput": []} for n in names}
+        sides["gateway"] = await open_gateway(tmp, echo_backends(3), wrapper)  # SIDES' order
         for client in sides.values():
             await latency(client, 200)  # warm-up (imports, first-call caches) outside the figures
-        for r in range(rounds):
-            # rotate (and, every other round, reverse) the order so no side always goes first
-            order = names[r % len(names) :] + names[: r % len(names)]
-            if r % 2:
-                order.reverse()
-            for name in order:
-                lat = await latency(sides[name], calls)
-                res[name]["p50"].append(pct(lat, 0.50) * 1e3)
-                res[name]["p99"].append(pct(lat, 0.99) * 1e3)
-            for name in order:
-                res[name]["tput"].append(await throughput(sides[name], calls * 2, concurrency))
-            last = {f"{n}_{k}": res[n][k][-1] for n in names for k in ("p50", "tput")}
-            if per_round is not None:
-                per_round.append(last)
-            progress(
-                f"stdio round {r + 1}/{rounds} ({' / '.join(names)}): p50 "
-                + " / ".join(f"{last[n + '_p50'] * 1e3:.0f}" for n in names)
-                + " µs, calls/s "
-                + " / ".join(f"{last[n + '_tput']:.0f}" for n in names)
-            )
+        res = await interleaved_rounds(
+            sides, rounds, calls, concurrency, latency, throughput, "stdio", per_round
+        )
     finally:
         for client in sides.values():
             await client.close()

@@ -491,6 +491,44 @@ async def throughput(client: RawStdio, n: int, concurrency: int) -> float:
     return n / elapsed
 
 
+async def interleaved_rounds(
+    sides: dict[str, Any],
+    rounds: int,
+    calls: int,
+    concurrency: int,
+    measure_latency: Callable[[Any, int], Any],
+    measure_throughput: Callable[[Any, int, int], Any],
+    label: str,
+    per_round: list[dict[str, float]] | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """Scenarios 1 and 2 on every side, round by round: `calls` sequential calls (p50, p99 in ms)
+    then `2 * calls` with `concurrency` in flight (calls/s). The order rotates every round, and
+    is reversed every other one, so no side always goes first. `per_round` receives one dict per
+    round: `{side}_p50` (ms) and `{side}_tput` (calls/s)."""
+    names = list(sides)
+    res: dict[str, dict[str, list[float]]] = {n: {"p50": [], "p99": [], "tput": []} for n in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        if r % 2:
+            order.reverse()
+        for name in order:
+            lat = await measure_latency(sides[name], calls)
+            res[name]["p50"].append(pct(lat, 0.50) * 1e3)
+            res[name]["p99"].append(pct(lat, 0.99) * 1e3)
+        for name in order:
+            res[name]["tput"].append(await measure_throughput(sides[name], calls * 2, concurrency))
+        last = {f"{n}_{k}": res[n][k][-1] for n in names for k in ("p50", "tput")}
+        if per_round is not None:
+            per_round.append(last)
+        progress(
+            f"{label} round {r + 1}/{rounds} ({' / '.join(names)}): p50 "
+            + " / ".join(f"{last[n + '_p50'] * 1e3:.0f}" for n in names)
+            + " µs, calls/s "
+            + " / ".join(f"{last[n + '_tput']:.0f}" for n in names)
+        )
+    return res
+
+
 # -- a lean HTTP/1.1 keep-alive client ------------------------------------------------------------
 
 
